@@ -1,0 +1,274 @@
+"""Stage 1 — chunk raw logs into contiguous, non-overlapping samples of ``min_lines``–``max_lines`` lines.
+
+Output: JSON Lines, one chunk per row::
+
+    {"id", "system", "source", "start_line" (1-based), "end_line" (inclusive), "num_lines", "content"}
+
+``content`` is the chunk's lines joined by ``\\n`` (CRLF normalised to LF). Chunk lengths are drawn uniformly
+from [min_lines, max_lines] with a RNG seeded by ``(seed, file name)``, so a rerun gives the same chunks.
+
+Tail rule (documented contract): lines are cut into chunks of the drawn length while at least
+``drawn + min_lines`` lines remain. The last ``r`` lines then form one chunk when ``min_lines <= r <= max_lines``,
+or two near-equal chunks when ``r > max_lines`` (both within bounds whenever ``max_lines >= 2*min_lines - 1``).
+So every line of a file lands in exactly one chunk, except: a file shorter than ``min_lines`` (dropped whole),
+an unsplittable remainder when ``max_lines < 2*min_lines - 1``, and lines after ``max_chunks_per_file``. Each
+such case is counted and written to the rejects file.
+
+Memory is independent of file size: the file is read in 1 MiB blocks, at most ``2*max_lines`` lines are
+buffered, and a line longer than ``max_line_bytes`` is truncated (counted, rejected with its line number).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import random
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from loganalyzer.config import ConfigError, StageConfig, parse_config
+from loganalyzer.io import JsonlWriter
+
+log = logging.getLogger("loganalyzer.chunk")
+
+BLOCK_BYTES = 1 << 20
+LOG_SUFFIXES = (".log", ".txt", ".log.gz", ".txt.gz")
+
+
+class ChunkConfig(StageConfig):
+    """Chunk raw log files into 50–150-line samples (JSON Lines)."""
+
+    logs: list[str] = Field(description="log files or directories (*.log, *.txt, optionally .gz)")
+    out: str = Field(description="output JSON Lines file")
+    rejects: str | None = Field(None, description="rejects file (default: <out>.rejects.jsonl)")
+    min_lines: int = Field(50, ge=1, description="minimum lines per chunk")
+    max_lines: int = Field(150, ge=1, description="maximum lines per chunk")
+    seed: int = Field(1309, description="seed for chunk lengths")
+    max_chunks_per_file: int | None = Field(None, ge=1, description="stop a file after this many chunks")
+    max_line_bytes: int = Field(65536, ge=64, description="truncate longer lines (counted as rejects)")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ChunkConfig":
+        if self.min_lines > self.max_lines:
+            raise ValueError(f"min_lines ({self.min_lines}) must be <= max_lines ({self.max_lines})")
+        return self
+
+
+def system_name(path: Path) -> str:
+    """The log's system: the file name up to its first ``_`` or ``.`` (``Apache_2k.log`` -> ``Apache``)."""
+    name = path.name
+    for sep in ("_", "."):
+        name = name.split(sep, 1)[0] or name
+    return name
+
+
+def expand_paths(paths: list[str]) -> list[Path]:
+    """Files as given, directories expanded (sorted, recursive) to their log files.
+
+    Raises ConfigError (exit 2) for a path that does not exist or a directory with no log files.
+    """
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(LOG_SUFFIXES))
+            if not found:
+                raise ConfigError(f"--logs {raw}: directory has no {'/'.join(LOG_SUFFIXES)} files")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise ConfigError(f"--logs {raw}: no such file or directory")
+    return out
+
+
+class _FileStats:
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.rejects: list[dict] = []
+
+    def reject(self, source: str, reason: str, **extra) -> None:
+        self.counts[f"rejected_{reason.split(':')[0]}"] += 1
+        self.rejects.append({"source": source, "reason": reason, **extra})
+
+
+def _read_lines(path: Path, cfg: ChunkConfig, stats: _FileStats) -> Iterator[list[str]]:
+    """Yield lists of decoded lines (no line terminators), block by block; memory bounded by the block size."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    source = str(path)
+    with opener(path, "rb") as fh:
+        carry = b""
+        overflow = 0  # bytes dropped from the line currently in `carry`
+        line_no = 0
+        first = True
+        while True:
+            block = fh.read(BLOCK_BYTES)
+            if first:
+                first = False
+                if not block:
+                    stats.reject(source, "empty: file has no bytes")
+                    return
+                if b"\x00" in block[:8192]:
+                    stats.reject(source, "binary: NUL bytes in the first 8 KiB; not a text log")
+                    return
+            if not block:
+                if carry or overflow:
+                    yield _decode([carry], line_no, source, cfg, stats, [overflow])
+                return
+            cut = block.rfind(b"\n")
+            if cut < 0:  # no line end in this block: the current line keeps growing
+                room = cfg.max_line_bytes - len(carry)
+                if room > 0:
+                    carry += block[:room]
+                overflow += max(0, len(block) - max(room, 0))
+                continue
+            raw_lines = (carry + block[: cut + 1]).split(b"\n")[:-1]
+            overflows = [0] * len(raw_lines)
+            overflows[0] = overflow
+            carry, overflow = block[cut + 1:], 0
+            if len(carry) > cfg.max_line_bytes:
+                overflow, carry = len(carry) - cfg.max_line_bytes, carry[: cfg.max_line_bytes]
+            yield _decode(raw_lines, line_no, source, cfg, stats, overflows)
+            line_no += len(raw_lines)
+
+
+def _decode(raw_lines: list[bytes], line_no: int, source: str, cfg: ChunkConfig, stats: _FileStats,
+            overflows: list[int]) -> list[str]:
+    try:
+        text = b"\n".join(raw_lines).decode("utf-8")
+        if "\r" in text:  # CRLF -> LF; the block's last line has its "\r" but no "\n" after the join
+            text = text.replace("\r\n", "\n")
+        lines = text.split("\n")
+        if lines[-1].endswith("\r"):
+            lines[-1] = lines[-1][:-1]
+    except UnicodeDecodeError:
+        lines = []
+        for i, raw in enumerate(raw_lines):
+            raw = raw[:-1] if raw.endswith(b"\r") else raw
+            try:
+                lines.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                lines.append(raw.decode("utf-8", errors="replace"))
+                stats.counts["non_utf8_lines"] += 1
+                if stats.counts["non_utf8_lines"] == 1:
+                    log.warning("%s:%d: not valid UTF-8; invalid bytes replaced with U+FFFD (counted)",
+                                source, line_no + i + 1)
+    longest = max(map(len, raw_lines)) if raw_lines else 0
+    if longest >= cfg.max_line_bytes or any(overflows):
+        for i, raw in enumerate(raw_lines):
+            if len(raw) > cfg.max_line_bytes or overflows[i]:
+                dropped = overflows[i] + max(0, len(raw) - cfg.max_line_bytes)
+                lines[i] = lines[i][: cfg.max_line_bytes]
+                stats.reject(source, f"line_truncated: line longer than max_line_bytes={cfg.max_line_bytes}",
+                             line=line_no + i + 1, bytes_dropped=dropped)
+    return lines
+
+
+def chunk_file(path: Path, cfg: ChunkConfig, stats: _FileStats) -> Iterator[dict]:
+    """Yield the chunks of one file following the module's tail rule."""
+    system = system_name(path)
+    rng = random.Random(f"{cfg.seed}:{path.name}")
+    buf: list[str] = []
+    start = 1  # 1-based line number of buf[0]
+    emitted = 0
+    target = rng.randint(cfg.min_lines, cfg.max_lines)
+
+    def emit(n: int) -> dict:
+        nonlocal buf, start, emitted
+        lines, buf = buf[:n], buf[n:]
+        chunk = {
+            "id": f"{system}-{path.name}-L{start}",
+            "system": system,
+            "source": str(path),
+            "start_line": start,
+            "end_line": start + n - 1,
+            "num_lines": n,
+            "content": "\n".join(lines),
+        }
+        start += n
+        emitted += 1
+        return chunk
+
+    def limit_reached() -> bool:
+        return cfg.max_chunks_per_file is not None and emitted >= cfg.max_chunks_per_file
+
+    for lines in _read_lines(path, cfg, stats):
+        buf.extend(lines)
+        while len(buf) >= target + cfg.max_lines and not limit_reached():
+            yield emit(target)
+            target = rng.randint(cfg.min_lines, cfg.max_lines)
+        if limit_reached():
+            stats.counts["files_stopped_at_max_chunks"] += 1
+            stats.reject(str(path), f"max_chunks_per_file: stopped after {emitted} chunks",
+                         first_line_not_chunked=start)
+            return
+    # End of file: at most target + max_lines - 1 lines remain.
+    while buf and not limit_reached():
+        r = len(buf)
+        if r >= target + cfg.min_lines:
+            yield emit(target)
+            target = rng.randint(cfg.min_lines, cfg.max_lines)
+        elif cfg.min_lines <= r <= cfg.max_lines:
+            yield emit(r)
+        elif r > cfg.max_lines and r >= 2 * cfg.min_lines:
+            yield emit(r - r // 2)
+            yield emit(len(buf))
+        elif r > cfg.max_lines:
+            yield emit(cfg.max_lines)
+        else:
+            reason = "file_too_short" if emitted == 0 else "tail_unsplittable"
+            stats.counts["lines_dropped"] += r
+            stats.reject(str(path), f"{reason}: {r} lines left, fewer than min_lines={cfg.min_lines}",
+                         start_line=start, end_line=start + r - 1)
+            buf = []
+    if buf:
+        stats.reject(str(path), f"max_chunks_per_file: stopped after {emitted} chunks",
+                     first_line_not_chunked=start)
+
+
+def run(cfg: ChunkConfig) -> dict:
+    """Chunk every file of ``cfg.logs`` into ``cfg.out``; return the summary counts (also logged)."""
+    files = expand_paths(cfg.logs)
+    rejects_path = cfg.rejects or f"{cfg.out}.rejects.jsonl"
+    stats = _FileStats()
+    per_system: Counter[str] = Counter()
+    from tqdm import tqdm
+
+    with JsonlWriter(cfg.out) as out:
+        for path in tqdm(files, desc="chunk", unit="file", disable=len(files) < 2):
+            n_before = out.count
+            for chunk in chunk_file(path, cfg, stats):
+                out.write(chunk)
+                per_system[chunk["system"]] += 1
+                stats.counts["lines_chunked"] += chunk["num_lines"]
+            stats.counts["files_read"] += 1
+            if out.count == n_before:
+                stats.counts["files_without_chunks"] += 1
+    with JsonlWriter(rejects_path) as rej:
+        for r in stats.rejects:
+            rej.write(r)
+    summary = {"chunks": sum(per_system.values()), "files": len(files), **dict(stats.counts),
+               "rejects": len(stats.rejects), "chunks_per_system": dict(per_system),
+               "out": cfg.out, "rejects_file": rejects_path}
+    log.info("chunk summary: %s", json.dumps(summary))
+    if summary["chunks"] == 0:
+        raise SystemExit(f"error: no chunks produced from {len(files)} file(s); see {rejects_path}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    from loganalyzer.logs import setup_logging
+
+    setup_logging()
+    cfg = parse_config(ChunkConfig, "chunk", argv)
+    summary = run(cfg)
+    print(json.dumps(summary, indent=2), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

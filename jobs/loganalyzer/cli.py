@@ -1,0 +1,41 @@
+"""``loganalyzer <command> [args]``: one subcommand per stage, each delegating to its module's ``main``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "chunk": ("loganalyzer.chunk", "chunk raw logs into 50-150-line samples"),
+    "synthesize": ("loganalyzer.synthesize", "generate training data with a teacher LLM"),
+    "build-datasets": ("loganalyzer.build_datasets", "SFT chat splits + CPT corpus + stats/histogram"),
+    "train": ("loganalyzer.train", "CPT (full) or SFT (LoRA) from a recipe; --plan for a sizing report"),
+    "evaluate": ("loganalyzer.evaluate", "generate test answers per model and score them"),
+    "score": ("loganalyzer.metrics", "score predictions against references (six metrics, JSON)"),
+    "serve": ("loganalyzer.serve", "OpenAI-compatible server for a model dir on loopback"),
+    "tiny-model": ("loganalyzer.tiny_model", "build a tiny local Llama + tokenizer (no hub needed)"),
+    "demo": ("loganalyzer.demo", "run the whole pipeline on one machine (kfp local runner)"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items())
+    return f"usage: loganalyzer <command> [args]   (loganalyzer <command> --help)\n\ncommands:\n{rows}\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        raise SystemExit(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    module = importlib.import_module(COMMANDS[command][0])
+    module.main(rest)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Typed job configuration: one pydantic model per stage, filled from (lowest to highest precedence)
+field defaults < ``--config FILE.yaml`` < env vars ``LOGANALYZER_<STAGE>_<FIELD>`` < flags / ``key=value``.
+
+Every stage's ``main`` is ``cfg = parse_config(Cfg, "stage", argv)`` followed by ``run(cfg)``. Unknown keys in
+YAML, env or overrides are errors (exit code 2 with a message naming the key and the valid ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+EXIT_USAGE = 2
+
+
+class StageConfig(BaseModel):
+    """Base for stage configs: unknown keys are rejected, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+C = TypeVar("C", bound=StageConfig)
+
+
+class ConfigError(SystemExit):
+    """Raised for unusable configuration; exits with code 2 after printing ``message`` to stderr."""
+
+    def __init__(self, message: str):
+        print(f"error: {message}", file=sys.stderr)
+        super().__init__(EXIT_USAGE)
+
+
+def _is_list(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_list(a) for a in typing.get_args(annotation) if a is not type(None))
+    return origin in (list, tuple)
+
+
+def _is_bool(annotation: Any) -> bool:
+    return annotation is bool
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; raise ConfigError when the file is missing or not a mapping."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a YAML mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def _check_keys(cls: type[StageConfig], keys: typing.Iterable[str], where: str) -> None:
+    unknown = sorted(set(keys) - set(cls.model_fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} in {where}; valid keys: {sorted(cls.model_fields)}"
+        )
+
+
+def build_parser(cls: type[StageConfig], stage: str, description: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with one ``--kebab-case`` flag per field plus ``--config`` and ``key=value``."""
+    parser = argparse.ArgumentParser(
+        prog=f"loganalyzer {stage}",
+        description=description or (cls.__doc__ or "").strip().split("\n\n")[0],
+        epilog=f"Any field may also be set as key=value, in --config YAML, or as env LOGANALYZER_"
+        f"{stage.upper().replace('-', '_')}_<FIELD>.",
+    )
+    parser.add_argument("--config", help="YAML file with field values (unknown keys are errors)")
+    for name, field in cls.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = (field.description or "") + (
+            f" (default: {field.default!r})" if not field.is_required() else " (required)"
+        )
+        if _is_bool(field.annotation):
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        elif _is_list(field.annotation):
+            parser.add_argument(flag, dest=name, nargs="+", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=None, help=help_text)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="field overrides")
+    return parser
+
+
+def parse_config(cls: type[C], stage: str, argv: list[str] | None = None,
+                 parser: argparse.ArgumentParser | None = None) -> C:
+    """Parse ``argv`` into a validated ``cls`` instance; raise ConfigError (exit 2) on any bad key or value."""
+    parser = parser or build_parser(cls, stage)
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    if args.config:
+        data = load_yaml(args.config)
+        _check_keys(cls, data, args.config)
+        values.update(data)
+    prefix = f"LOGANALYZER_{stage.upper().replace('-', '_')}_"
+    env = {k[len(prefix):].lower(): v for k, v in os.environ.items() if k.startswith(prefix)}
+    _check_keys(cls, env, f"environment ({prefix}*)")
+    for key, raw in env.items():
+        values[key] = _coerce(cls, key, raw)
+    for item in args.overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        key = key.replace("-", "_")
+        _check_keys(cls, [key], "overrides")
+        values[key] = _coerce(cls, key, raw)
+    for name in cls.model_fields:
+        flag_value = getattr(args, name, None)
+        if flag_value is not None:
+            values[name] = flag_value
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"invalid {stage} configuration:\n" + "\n".join(lines)) from None
+
+
+def _coerce(cls: type[StageConfig], key: str, raw: str) -> Any:
+    """Strings from env/overrides: YAML-parse them (numbers, bools, lists), split lists on commas."""
+    value = yaml.safe_load(raw) if raw != "" else ""
+    if _is_list(cls.model_fields[key].annotation) and isinstance(value, str):
+        return [v for v in value.split(",") if v]
+    return value

@@ -1,0 +1,69 @@
+"""Small JSON Lines helpers shared by every stage."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> Iterator[dict[str, Any]]:
+    """Yield one dict per non-empty line.
+
+    Raises ValueError naming ``path:line`` for invalid JSON, a row that is not an object, or a row missing
+    one of the ``required`` keys.
+    """
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise ValueError(f"{path}:{n}: missing key(s) {missing}")
+            yield row
+
+
+class JsonlWriter:
+    """Write JSON Lines atomically: rows go to ``<path>.tmp`` which replaces ``path`` on a clean close.
+
+    With ``append=True`` rows are appended and flushed+fsynced per ``flush_every`` rows instead (used for
+    resumable outputs, where a crash must keep what was written).
+    """
+
+    def __init__(self, path: str | Path, append: bool = False, flush_every: int = 1):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.append = append
+        self.flush_every = flush_every
+        self._target = self.path if append else self.path.with_name(self.path.name + ".tmp")
+        self._fh = open(self._target, "a" if append else "w", encoding="utf-8")
+        self.count = 0
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.count += 1
+        if self.append and self.count % self.flush_every == 0:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+
+    def close(self, ok: bool = True) -> None:
+        self._fh.close()
+        if not self.append:
+            if ok:
+                os.replace(self._target, self.path)
+            else:
+                self._target.unlink(missing_ok=True)
+
+    def __enter__(self) -> "JsonlWriter":
+        return self
+
+    def __exit__(self, exc_type, *_: object) -> None:
+        self.close(ok=exc_type is None)

@@ -1,0 +1,227 @@
+"""Evaluation metrics (the seed's six) with bootstrap confidence intervals, and the ``score`` command.
+
+Definitions (all on a 0–1 scale, higher is better):
+
+- ``fuzzy_match``: mean over samples of ``rapidfuzz.fuzz.ratio(pred, ref) / 100`` (normalised Indel similarity).
+- ``bleu``: corpus BLEU-4 (Papineni et al., 2002), uniform weights, no smoothing, brevity penalty
+  ``exp(1 - ref_len/sys_len)``, tokenised with sacrebleu's ``13a`` tokenizer, case-sensitive — the definition of
+  Hugging Face ``evaluate``'s ``bleu`` (which ports tensorflow/nmt ``compute_bleu``) and of
+  ``sacrebleu.corpus_bleu(..., tokenize="13a", smooth_method="none") / 100``.
+- ``rouge1``, ``rouge2``, ``rougeL``, ``rougeLsum``: ``rouge_score.RougeScorer`` F-measure, no stemmer,
+  default tokenizer; ``rougeLsum`` splits summaries on newlines. Averaged over samples: the deterministic form
+  of ``evaluate``'s ``rouge`` (``use_aggregator=False`` then mean), avoiding its bootstrap aggregator.
+
+Confidence intervals: percentile bootstrap over samples (Efron & Tibshirani 1993), BLEU recomputed from
+resampled corpus statistics. Paired comparison: paired bootstrap resampling (Koehn, 2004), two-sided p-value.
+When ``evaluate``'s hub modules can be loaded (``backend="evaluate"``), BLEU and ROUGE point values come from
+them instead; the default ``builtin`` backend computes the same numbers offline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field
+
+from loganalyzer.config import ConfigError, StageConfig, parse_config
+
+METRICS = ("fuzzy_match", "bleu", "rouge1", "rouge2", "rougeL", "rougeLsum")
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+BLEU_ORDER = 4
+
+
+@lru_cache(maxsize=1)
+def _tokenizer_13a():
+    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+    return Tokenizer13a()
+
+
+@lru_cache(maxsize=1)
+def _rouge_scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
+
+
+def bleu_stats(prediction: str, reference: str) -> np.ndarray:
+    """Sufficient statistics of one sample: ``[matches_1..4, totals_1..4, sys_len, ref_len]`` (shape (10,))."""
+    tok = _tokenizer_13a()
+    hyp, ref = tok(prediction).split(), tok(reference).split()
+    out = np.zeros(2 * BLEU_ORDER + 2, dtype=np.int64)
+    for n in range(1, BLEU_ORDER + 1):
+        h = Counter(tuple(hyp[i:i + n]) for i in range(len(hyp) - n + 1))
+        r = Counter(tuple(ref[i:i + n]) for i in range(len(ref) - n + 1))
+        out[n - 1] = sum(min(c, r[g]) for g, c in h.items())
+        out[BLEU_ORDER + n - 1] = max(0, len(hyp) - n + 1)
+    out[-2], out[-1] = len(hyp), len(ref)
+    return out
+
+
+def bleu_from_stats(stats: np.ndarray) -> np.ndarray:
+    """Corpus BLEU (0–1) from summed statistics; ``stats`` has shape (..., 10), the result shape (...)."""
+    matches, totals = stats[..., :BLEU_ORDER].astype(float), stats[..., BLEU_ORDER:2 * BLEU_ORDER].astype(float)
+    sys_len, ref_len = stats[..., -2].astype(float), stats[..., -1].astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_prec = np.where(matches > 0, np.log(np.where(totals > 0, matches / totals, 1.0)), -np.inf)
+        geo = np.exp(log_prec.mean(axis=-1))
+        bp = np.where(sys_len >= ref_len, 1.0, np.exp(1.0 - ref_len / np.maximum(sys_len, 1e-9)))
+    return np.where(sys_len > 0, np.nan_to_num(geo * bp, nan=0.0), 0.0)
+
+
+def per_sample(predictions: list[str], references: list[str]) -> dict[str, np.ndarray]:
+    """Per-sample scores: ``fuzzy_match`` and ROUGE as (n,) floats, ``bleu_stats`` as (n, 10) ints.
+
+    Raises ValueError when the lists differ in length or are empty.
+    """
+    from rapidfuzz import fuzz
+
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions vs {len(references)} references")
+    if not predictions:
+        raise ValueError("no samples to score")
+    scorer = _rouge_scorer()
+    rouge = {k: np.empty(len(predictions)) for k in ROUGE_TYPES}
+    for i, (p, r) in enumerate(zip(predictions, references)):
+        s = scorer.score(r, p)
+        for k in ROUGE_TYPES:
+            rouge[k][i] = s[k].fmeasure
+    return {
+        "fuzzy_match": np.array([fuzz.ratio(p, r) / 100.0 for p, r in zip(predictions, references)]),
+        "bleu_stats": np.stack([bleu_stats(p, r) for p, r in zip(predictions, references)]),
+        **rouge,
+    }
+
+
+def aggregate(scores: dict[str, np.ndarray], idx: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The six metrics for index sets ``idx`` of shape (..., n) (default: all samples once)."""
+    n = len(scores["fuzzy_match"])
+    idx = np.arange(n) if idx is None else idx
+    out = {"bleu": bleu_from_stats(scores["bleu_stats"][idx].sum(axis=-2))}
+    for k in ("fuzzy_match", *ROUGE_TYPES):
+        out[k] = scores[k][idx].mean(axis=-1)
+    return {k: out[k] for k in METRICS}
+
+
+def _evaluate_modules():
+    import evaluate
+
+    return evaluate.load("bleu"), evaluate.load("rouge")
+
+
+def score(predictions: list[str], references: list[str], n_boot: int = 1000, seed: int = 1309,
+          backend: str = "builtin") -> dict:
+    """Six metrics with 95% bootstrap CIs: ``{metric: value, metric + "_ci95": [lo, hi], "n": n}``.
+
+    ``backend="evaluate"`` takes BLEU/ROUGE point values from ``evaluate.load`` (needs the hub or a cache) and
+    raises its error when they cannot load; CIs always come from the builtin per-sample scores.
+    """
+    scores = per_sample(predictions, references)
+    point = {k: float(v) for k, v in aggregate(scores).items()}
+    if backend == "evaluate":
+        bleu_mod, rouge_mod = _evaluate_modules()
+        point["bleu"] = float(bleu_mod.compute(predictions=predictions, references=[[r] for r in references])
+                              ["bleu"])
+        r = rouge_mod.compute(predictions=predictions, references=references, use_aggregator=False)
+        point.update({k: float(np.mean(r[k])) for k in ROUGE_TYPES})
+    elif backend != "builtin":
+        raise ValueError(f"unknown metrics backend {backend!r} (builtin or evaluate)")
+    out: dict = {}
+    boot = bootstrap(scores, n_boot, seed)
+    for k in METRICS:
+        out[k] = point[k]
+        out[k + "_ci95"] = [float(np.percentile(boot[k], 2.5)), float(np.percentile(boot[k], 97.5))]
+    out["n"] = len(predictions)
+    return out
+
+
+def bootstrap(scores: dict[str, np.ndarray], n_boot: int, seed: int) -> dict[str, np.ndarray]:
+    """Metric values over ``n_boot`` resamples of the samples with replacement: {metric: (n_boot,)}."""
+    n = len(scores["fuzzy_match"])
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    return aggregate(scores, idx)
+
+
+def paired_bootstrap(a: dict[str, np.ndarray], b: dict[str, np.ndarray], n_boot: int = 1000,
+                     seed: int = 1309) -> dict[str, dict[str, float]]:
+    """Paired bootstrap (Koehn 2004) of system ``b`` vs ``a`` on the same samples.
+
+    Returns ``{metric: {"delta": b - a, "p_value": two-sided p, "ci95": [lo, hi] of the delta}}``; the p-value is
+    ``2 * min(P(delta* <= 0), P(delta* >= 0))`` over resamples, capped at 1.
+    """
+    if len(a["fuzzy_match"]) != len(b["fuzzy_match"]):
+        raise ValueError("paired bootstrap needs the same samples for both systems")
+    n = len(a["fuzzy_match"])
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    ra, rb = aggregate(a, idx), aggregate(b, idx)
+    pa, pb = aggregate(a), aggregate(b)
+    out = {}
+    for k in METRICS:
+        d = rb[k] - ra[k]
+        p = min(1.0, 2 * min(float((d <= 0).mean()), float((d >= 0).mean())))
+        out[k] = {"delta": float(pb[k] - pa[k]), "p_value": p,
+                  "ci95": [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))]}
+    return out
+
+
+# ---- `loganalyzer score` -------------------------------------------------------------------------------------
+
+class ScoreConfig(StageConfig):
+    """Score predictions against references: rows {"id", "text"} joined by id; prints the six metrics."""
+
+    predictions: str = Field(description="JSON Lines of {id, text}")
+    references: str = Field(description="JSON Lines of {id, text}")
+    out: str | None = Field(None, description="also write the JSON here")
+    n_boot: int = Field(1000, ge=1, description="bootstrap resamples for the CIs")
+    seed: int = 1309
+    backend: str = Field("builtin", description="builtin or evaluate (hub modules)")
+
+
+def _load_texts(path: str, what: str) -> dict[str, str]:
+    from loganalyzer.io import read_jsonl
+
+    if not Path(path).is_file():
+        raise ConfigError(f"--{what} {path}: no such file")
+    rows: dict[str, str] = {}
+    try:
+        for r in read_jsonl(path, required=("id", "text")):
+            key = str(r["id"])
+            if key in rows:
+                raise ConfigError(f"--{what} {path}: duplicate id {key!r}")
+            if not isinstance(r["text"], str):
+                raise ConfigError(f"--{what} {path}: id {key!r} has a non-string text")
+            rows[key] = r["text"]
+    except ValueError as exc:
+        raise ConfigError(f"--{what}: {exc}") from None
+    return rows
+
+
+def join_by_id(preds: dict[str, str], refs: dict[str, str]) -> tuple[list[str], list[str], list[str]]:
+    """Align two id->text maps; raise ConfigError naming the missing/extra ids when they differ."""
+    missing, extra = sorted(set(refs) - set(preds)), sorted(set(preds) - set(refs))
+    if missing or extra:
+        raise ConfigError(f"predictions and references differ: {len(missing)} id(s) without a prediction "
+                          f"{missing[:5]}, {len(extra)} prediction id(s) without a reference {extra[:5]}")
+    ids = sorted(refs)
+    return ids, [preds[i] for i in ids], [refs[i] for i in ids]
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(ScoreConfig, "score", argv)
+    _, preds, refs = join_by_id(_load_texts(cfg.predictions, "predictions"),
+                                _load_texts(cfg.references, "references"))
+    result = score(preds, refs, n_boot=cfg.n_boot, seed=cfg.seed, backend=cfg.backend)
+    text = json.dumps(result, indent=2)
+    if cfg.out:
+        Path(cfg.out).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""Stage 2 — synthesize training data with a teacher LLM through any OpenAI-compatible endpoint.
+
+For every ``(chunk, task)`` the teacher is asked once (plus ``validation_retries`` re-asks for invalid
+replies). Output directory:
+
+- ``records.jsonl``: one accepted result per ``(chunk_id, task, model)``:
+  ``{chunk_id, task, model, system, output, prompt_version, usage, latency_s}`` where ``output`` is a string
+  for text tasks, a list of ``{role, content}`` messages for ``conversation`` and a list of NLPLog records
+  ``{instruction, log, output, domain}`` for ``nlplog_qa``.
+- ``rejects.jsonl``: every invalid or failed item ``{chunk_id, task, model, reason, ...}`` (append-only log).
+- ``summary.json``: counts of this run.
+
+HTTP retries (429, 408, 409, 5xx, connection errors, timeouts) are the ``openai`` client's: exponential
+backoff with jitter, honouring ``Retry-After``; ``max_retries`` sets how many. Resumable: records are appended
+and flushed one by one, a rerun skips every key already in ``records.jsonl`` (a torn last line from a
+``kill -9`` is cut off first) and retries the rest, so nothing is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from loganalyzer.config import ConfigError, StageConfig, parse_config
+from loganalyzer.io import JsonlWriter, read_jsonl
+from loganalyzer.prompts import ALL_TASKS, load_prompts
+
+log = logging.getLogger("loganalyzer.synthesize")
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+class SynthesizeConfig(StageConfig):
+    """Generate summary / root-cause / patterns / halves / conversation / NLPLog Q&A data with a teacher LLM."""
+
+    chunks: str = Field(description="chunks JSON Lines from `loganalyzer chunk`")
+    out: str = Field(description="output directory (records.jsonl, rejects.jsonl, summary.json)")
+    tasks: list[str] = Field(list(ALL_TASKS), description="tasks to run")
+    base_url: str = Field(DEFAULT_BASE_URL, description="OpenAI-compatible endpoint (…/v1)")
+    model: str = Field("gpt-4o-mini", description="teacher model name")
+    concurrency: int = Field(16, ge=1, description="requests in flight")
+    temperature: float = Field(0.7, ge=0)
+    max_tokens: int = Field(1024, ge=1, description="completion token limit per request")
+    timeout: float = Field(120.0, gt=0, description="seconds per HTTP request")
+    max_retries: int = Field(6, ge=0, description="HTTP retries (429/5xx/timeouts) per request")
+    validation_retries: int = Field(1, ge=0, description="re-asks after an invalid reply")
+    conversation_turns: int = Field(10, ge=2, description="messages per conversation (user+assistant)")
+    nlplog_items: int = Field(3, ge=1, description="NLPLog Q&A records asked per chunk")
+    json_mode: bool = Field(False, description="send response_format=json_object for JSON tasks")
+    limit: int | None = Field(None, ge=1, description="only the first N chunks")
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, v: list[str]) -> list[str]:
+        unknown = sorted(set(v) - set(ALL_TASKS))
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; choose from {list(ALL_TASKS)}")
+        return v
+
+
+class InvalidReply(ValueError):
+    """The teacher answered, but the reply does not satisfy the task's format."""
+
+
+_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.S)
+
+
+def _parse_json(text: str) -> Any:
+    m = _FENCE.match(text)
+    try:
+        return json.loads(m.group(1) if m else text)
+    except json.JSONDecodeError as exc:
+        raise InvalidReply(f"malformed_json: {exc.msg} at char {exc.pos}") from None
+
+
+def validate_reply(task: str, text: str, chunk: dict, cfg: SynthesizeConfig) -> Any:
+    """Return the record's ``output`` for a teacher reply, or raise InvalidReply with a reason.
+
+    - text tasks: non-empty text;
+    - ``conversation``: exactly ``conversation_turns`` messages alternating user/assistant from user;
+    - ``nlplog_qa``: 1..``nlplog_items`` records with non-empty ``instruction``/``log``/``output`` whose ``log``
+      occurs verbatim in the chunk (a grounding check).
+    """
+    text = (text or "").strip()
+    if not text:
+        raise InvalidReply("empty_reply")
+    if task == "conversation":
+        data = _parse_json(text)
+        msgs = data.get("messages") if isinstance(data, dict) else data
+        if not isinstance(msgs, list):
+            raise InvalidReply("bad_schema: expected {'messages': [...]}")
+        if len(msgs) != cfg.conversation_turns:
+            raise InvalidReply(f"wrong_turn_count: {len(msgs)} messages, expected {cfg.conversation_turns}")
+        out = []
+        for i, m in enumerate(msgs):
+            role = "user" if i % 2 == 0 else "assistant"
+            if not isinstance(m, dict) or m.get("role") != role:
+                raise InvalidReply(f"bad_roles: message {i} should have role {role!r}")
+            content = m.get("content")
+            if not isinstance(content, str) or not content.strip():
+                raise InvalidReply(f"empty_message: message {i}")
+            out.append({"role": role, "content": content.strip()})
+        return out
+    if task == "nlplog_qa":
+        data = _parse_json(text)
+        recs = data.get("records") if isinstance(data, dict) else data
+        if not isinstance(recs, list) or not recs:
+            raise InvalidReply("bad_schema: expected {'records': [...]} with at least one record")
+        out = []
+        for i, r in enumerate(recs[: cfg.nlplog_items]):
+            if not isinstance(r, dict) or not all(
+                isinstance(r.get(k), str) and r[k].strip() for k in ("instruction", "log", "output")
+            ):
+                raise InvalidReply(f"bad_schema: record {i} needs non-empty instruction, log, output")
+            if r["log"].strip() not in chunk["content"]:
+                raise InvalidReply(f"ungrounded: record {i}'s log line is not in the chunk")
+            out.append({"instruction": r["instruction"].strip(), "log": r["log"].strip(),
+                        "output": r["output"].strip(), "domain": chunk.get("system", "")})
+        return out
+    return text
+
+
+def _repair_tail(path: Path) -> int:
+    """Cut a torn last line (no newline, e.g. after ``kill -9``); return the bytes removed."""
+    if not path.exists() or path.stat().st_size == 0:
+        return 0
+    with open(path, "rb+") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - 1))
+        if fh.read(1) == b"\n":
+            return 0
+        data_start = max(0, size - (1 << 20))
+        fh.seek(data_start)
+        tail = fh.read()
+        keep = data_start + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
+        fh.truncate(keep)
+        return size - keep
+
+
+def done_keys(records_path: Path) -> set[tuple[str, str, str]]:
+    """``(chunk_id, task, model)`` of every accepted record, after repairing a torn tail."""
+    cut = _repair_tail(records_path)
+    if cut:
+        log.warning("%s: removed a torn last line (%d bytes) left by an interrupted run", records_path, cut)
+    if not records_path.exists():
+        return set()
+    return {(r["chunk_id"], r["task"], r["model"]) for r in read_jsonl(records_path)}
+
+
+def make_client(cfg: SynthesizeConfig):
+    """An ``openai.AsyncOpenAI`` for ``cfg.base_url``; the key comes from ``OPENAI_API_KEY``.
+
+    Raises ConfigError when the OpenAI API itself is the endpoint and no key is set. Local endpoints get a
+    placeholder key (OpenAI-compatible servers such as vLLM or ``transformers serve`` ignore it).
+    """
+    from openai import AsyncOpenAI
+
+    key = os.environ.get("OPENAI_API_KEY")
+    if not key:
+        if cfg.base_url.rstrip("/") == DEFAULT_BASE_URL:
+            raise ConfigError("OPENAI_API_KEY is not set; set it, or point --base-url at another endpoint")
+        key = "not-needed"
+    # The SDK's connection pool (1000 connections, 100 kept alive) covers any sensible concurrency.
+    return AsyncOpenAI(base_url=cfg.base_url, api_key=key, timeout=cfg.timeout, max_retries=cfg.max_retries)
+
+
+async def _ask(client, cfg: SynthesizeConfig, task: str, chunk: dict) -> dict:
+    """One item: ask (and re-ask after invalid replies); return a record or a reject row."""
+    import openai
+
+    prompts = load_prompts()
+    messages = prompts.teacher_messages(task, chunk["content"], cfg.conversation_turns, cfg.nlplog_items)
+    kwargs: dict[str, Any] = {}
+    if cfg.json_mode and prompts.tasks[task]["format"] == "json":
+        kwargs["response_format"] = {"type": "json_object"}
+    base = {"chunk_id": chunk["id"], "task": task, "model": cfg.model}
+    reason = ""
+    for attempt in range(cfg.validation_retries + 1):
+        t0 = time.perf_counter()
+        try:
+            resp = await client.chat.completions.create(
+                model=cfg.model, messages=messages, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+                **kwargs)
+        except openai.APIStatusError as exc:
+            reason = f"http_{exc.status_code}: {str(exc)[:200]}"
+            continue
+        except (openai.APIConnectionError, openai.APIResponseValidationError) as exc:
+            reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+            continue
+        except json.JSONDecodeError as exc:  # the SDK lets a non-JSON HTTP body through as-is
+            reason = f"bad_response_body: {exc.msg}"
+            continue
+        text = resp.choices[0].message.content if resp.choices else ""
+        try:
+            output = validate_reply(task, text, chunk, cfg)
+        except InvalidReply as exc:
+            reason = str(exc)
+            continue
+        usage = resp.usage.model_dump() if resp.usage else None
+        return {**base, "system": chunk.get("system", ""), "output": output,
+                "prompt_version": prompts.version, "attempts": attempt + 1, "usage": usage,
+                "latency_s": round(time.perf_counter() - t0, 3)}
+    return {**base, "reason": reason, "attempts": cfg.validation_retries + 1, "rejected": True}
+
+
+async def _run_async(cfg: SynthesizeConfig, items: list[tuple[str, dict]], records: JsonlWriter,
+                     rejects: JsonlWriter, counts: Counter) -> None:
+    from tqdm.asyncio import tqdm
+
+    client = make_client(cfg)
+    queue: asyncio.Queue = asyncio.Queue()
+    for item in items:
+        queue.put_nowait(item)
+    bar = tqdm(total=len(items), desc="synthesize", unit="req", disable=not items)
+
+    async def worker() -> None:
+        while True:
+            try:
+                task, chunk = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            row = await _ask(client, cfg, task, chunk)
+            if row.pop("rejected", False):
+                rejects.write(row)
+                counts[f"rejected:{row['reason'].split(':')[0]}"] += 1
+            else:
+                records.write(row)
+                counts[f"accepted:{task}"] += 1
+            bar.update(1)
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(min(cfg.concurrency, max(1, len(items))))))
+    finally:
+        bar.close()
+        await client.close()
+
+
+def run(cfg: SynthesizeConfig) -> dict:
+    """Synthesize every missing ``(chunk, task)``; return and write the run's summary counts."""
+    if not Path(cfg.chunks).is_file():
+        raise ConfigError(f"--chunks {cfg.chunks}: no such file (run `loganalyzer chunk` first)")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records_path, rejects_path = out / "records.jsonl", out / "rejects.jsonl"
+    done = done_keys(records_path)
+    _repair_tail(rejects_path)
+    chunks = list(read_jsonl(cfg.chunks, required=("id", "content")))
+    if cfg.limit:
+        chunks = chunks[: cfg.limit]
+    if not chunks:
+        raise ConfigError(f"--chunks {cfg.chunks}: no chunks in the file")
+    items = [(t, c) for c in chunks for t in cfg.tasks if (c["id"], t, cfg.model) not in done]
+    skipped = len(chunks) * len(cfg.tasks) - len(items)
+    log.info("synthesize: %d chunks x %d tasks with %s at %s; %d done already, %d to ask (concurrency %d)",
+             len(chunks), len(cfg.tasks), cfg.model, cfg.base_url, skipped, len(items), cfg.concurrency)
+    counts: Counter[str] = Counter()
+    t0 = time.perf_counter()
+    with JsonlWriter(records_path, append=True) as records, JsonlWriter(rejects_path, append=True) as rejects:
+        asyncio.run(_run_async(cfg, items, records, rejects, counts))
+    accepted = sum(v for k, v in counts.items() if k.startswith("accepted:"))
+    summary = {"model": cfg.model, "base_url": cfg.base_url, "chunks": len(chunks), "tasks": cfg.tasks,
+               "skipped_done": skipped, "asked": len(items), "accepted": accepted,
+               "rejected": len(items) - accepted, "counts": dict(sorted(counts.items())),
+               "records_total": len(done) + accepted, "seconds": round(time.perf_counter() - t0, 2)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    log.info("synthesize summary: %s", json.dumps(summary))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    from loganalyzer.logs import setup_logging
+
+    setup_logging()
+    cfg = parse_config(SynthesizeConfig, "synthesize", argv)
+    summary = run(cfg)
+    print(json.dumps(summary, indent=2), file=sys.stderr)
+    if summary["records_total"] == 0:
+        raise SystemExit(f"error: the teacher produced no valid record; see {cfg.out}/rejects.jsonl")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""MLflow tracking: one parent run per pipeline run, one nested run per stage.
+
+Tracking is on when ``MLFLOW_TRACKING_URI`` is set (a server URL, ``sqlite:///…`` or a directory; the demo sets a
+local store under its output dir). The experiment is ``MLFLOW_EXPERIMENT_NAME`` (default ``loganalyzer``). A
+stage started with ``LOGANALYZER_PARENT_RUN_ID`` set becomes a nested run of that parent; the pipeline passes
+the parent's id to every stage. Only the rank-0 process of a distributed job logs. With tracking off, every
+call is a no-op, so stages run the same without MLflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("loganalyzer.tracking")
+
+PARENT_ENV = "LOGANALYZER_PARENT_RUN_ID"
+
+
+def enabled() -> bool:
+    return bool(os.environ.get("MLFLOW_TRACKING_URI")) and int(os.environ.get("RANK", "0")) == 0
+
+
+def _experiment() -> None:
+    import mlflow
+
+    mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "loganalyzer"))
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested dicts/lists as dotted keys with string values (MLflow params are flat strings)."""
+    out: dict[str, str] = {}
+    for k, v in params.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = (json.dumps(v) if isinstance(v, (list, tuple)) else str(v))[:6000]
+    return out
+
+
+class Tracker:
+    """Thin facade over the active MLflow run; every method is a no-op when tracking is off."""
+
+    def __init__(self, active: bool):
+        self.active = active
+
+    @property
+    def run_id(self) -> str | None:
+        if not self.active:
+            return None
+        import mlflow
+
+        return mlflow.active_run().info.run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if self.active:
+            import mlflow
+
+            mlflow.log_params(flatten(params))
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self.active:
+            import mlflow
+
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.active and Path(path).exists():
+            import mlflow
+
+            if Path(path).is_dir():
+                mlflow.log_artifacts(str(path), artifact_path)
+            else:
+                mlflow.log_artifact(str(path), artifact_path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.active:
+            import mlflow
+
+            mlflow.set_tags(tags)
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: dict[str, Any] | None = None) -> Iterator[Tracker]:
+    """A nested run named ``stage`` under ``$LOGANALYZER_PARENT_RUN_ID`` (or a top-level run without it)."""
+    if not enabled():
+        yield Tracker(False)
+        return
+    import mlflow
+
+    _experiment()
+    parent = os.environ.get(PARENT_ENV)
+    with mlflow.start_run(run_name=stage, parent_run_id=parent or None, nested=bool(parent)):
+        tracker = Tracker(True)
+        tracker.set_tags({"loganalyzer.stage": stage,
+                          **({"kfp.run_id": os.environ["KFP_RUN_ID"]} if os.environ.get("KFP_RUN_ID") else {})})
+        if params:
+            tracker.log_params({"cfg": params})  # prefixed: the HF callback logs TrainingArguments too
+        yield tracker
+
+
+def start_parent(run_name: str, params: dict[str, Any] | None = None, tags: dict[str, str] | None = None) -> str:
+    """Create the pipeline's parent run (left open for the stages) and return its id ('' when tracking is off)."""
+    if not enabled():
+        return ""
+    import mlflow
+
+    _experiment()
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.set_tags({"loganalyzer.stage": "pipeline", **(tags or {})})
+        if params:
+            mlflow.log_params(flatten(params))
+    # Closing the context marked it FINISHED; mark it RUNNING until end_parent.
+    mlflow.tracking.MlflowClient().update_run(run.info.run_id, status="RUNNING")
+    return run.info.run_id
+
+
+def end_parent(run_id: str, status: str = "FINISHED") -> None:
+    if enabled() and run_id:
+        import mlflow
+
+        mlflow.tracking.MlflowClient().set_terminated(run_id, status=status)

@@ -1,0 +1,351 @@
+"""Stage 4 — one entry for CPT (full fine-tune, packed NLPLog text) and SFT (LoRA, chat messages).
+
+``loganalyzer train --config jobs/configs/<recipe>.yaml [key=value ...]`` runs a recipe in this process; the same
+command under ``torchrun --nproc-per-node N`` (or a PyTorchJob) runs data-parallel / DeepSpeed ZeRO — world size
+and DeepSpeed JSON come from the launcher and the recipe, never from this code.
+``loganalyzer train --plan RECIPE`` prints a sizing report instead (see ``loganalyzer.plan``).
+
+Built on TRL's ``SFTTrainer`` (+ peft LoRA, + the HF DeepSpeed integration). CPT packs ``text`` rows
+(best-fit decreasing, overflow split, no token lost); SFT trains on assistant tokens only (TRL's assistant
+mask from a ``{% generation %}`` chat template). Liger kernels and flash-attention are used when installed on a
+GPU, SDPA otherwise. Checkpoints go to ``<output_dir>/checkpoints`` every ``save_steps``; ``resume: auto``
+continues from the latest. The final model (LoRA merged when ``merge_adapter``) is saved at ``<output_dir>``
+with its tokenizer and original chat template, loadable by ``AutoModelForCausalLM.from_pretrained``.
+
+Errors: empty data, samples longer than ``max_length`` (``overlong: error``; ``drop`` writes them to
+``<output_dir>/rejects.jsonl``), and a NaN/inf loss stop the run with a message saying what to change.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import os
+import resource
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from loganalyzer.config import ConfigError, StageConfig, parse_config
+
+log = logging.getLogger("loganalyzer.train")
+
+
+class TrainConfig(StageConfig):
+    """Train a model from a recipe: CPT (full fine-tune on NLPLog text) or SFT (LoRA on chat messages)."""
+
+    mode: Literal["cpt", "sft"] = Field(description="cpt: packed text, all tokens; sft: chat, assistant tokens")
+    model_name_or_path: str = Field(description="base model dir or hub id")
+    train_file: str = Field(description="JSON Lines: {text} for cpt, {messages} for sft")
+    eval_file: str | None = Field(None, description="optional JSON Lines evaluated every eval_steps")
+    output_dir: str = Field(description="final model here, checkpoints in <output_dir>/checkpoints")
+    # Optimisation (defaults: the seed's CPT recipe)
+    learning_rate: float = 1e-5
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps with linear warmup")
+    num_train_epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="stop after N optimizer steps (-1: epochs decide)")
+    per_device_train_batch_size: int = Field(8, ge=1)
+    per_device_eval_batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(2, ge=1)
+    max_length: int = Field(8192, ge=16, description="tokens per sequence (packed length for cpt)")
+    bf16: bool = True
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seed: int = 1309
+    gradient_checkpointing: bool = True
+    packing: bool = Field(False, description="pack samples into max_length sequences (cpt)")
+    deepspeed: str | None = Field(None, description="DeepSpeed JSON (path, or a name in jobs/configs/deepspeed)")
+    # LoRA (sft)
+    lora: bool = False
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_target_modules: str | list[str] = "all-linear"
+    merge_adapter: bool = Field(True, description="merge LoRA into the base weights for the saved model")
+    # Runtime
+    attn_implementation: str = Field("auto", description="auto: flash_attention_2 on GPU when installed, else sdpa")
+    use_liger_kernel: Literal["auto", True, False] = "auto"
+    logging_steps: int = Field(10, ge=1)
+    save_steps: int = Field(500, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+    eval_steps: int | None = Field(None, ge=1)
+    resume: str = Field("auto", description="auto (latest checkpoint), never, or a checkpoint path")
+    overlong: Literal["error", "drop"] = "error"
+    dataloader_num_workers: int = 0
+    report_to: list[str] = Field(["mlflow"], description="trainer integrations (mlflow, tensorboard, none)")
+    run_name: str | None = None
+
+
+def deepspeed_config_path(value: str | None) -> str | None:
+    """Resolve ``deepspeed``: an existing path, or a file name in the packaged ``jobs/configs/deepspeed``."""
+    if value is None or Path(value).is_file():
+        return value
+    for base in (Path(__file__).resolve().parents[1] / "configs" / "deepspeed", Path.cwd() / "jobs/configs/deepspeed"):
+        candidate = base / (value if value.endswith(".json") else value + ".json")
+        if candidate.is_file():
+            return str(candidate)
+    raise ConfigError(f"deepspeed: {value!r} is neither a file nor a config in jobs/configs/deepspeed")
+
+
+def _on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def attention_implementation(cfg: TrainConfig) -> str:
+    if cfg.attn_implementation != "auto":
+        return cfg.attn_implementation
+    return "flash_attention_2" if _on_gpu() and importlib.util.find_spec("flash_attn") else "sdpa"
+
+
+def liger_enabled(cfg: TrainConfig) -> bool:
+    if cfg.use_liger_kernel == "auto":
+        return _on_gpu() and importlib.util.find_spec("liger_kernel") is not None
+    return bool(cfg.use_liger_kernel)
+
+
+def training_chat_template(tokenizer) -> str | None:
+    """A chat template with ``{% generation %}`` markers for assistant-only loss, or None if the tokenizer's has them.
+
+    Uses TRL's patched templates; for Llama 3.1 (which TRL does not patch) the packaged
+    ``llama3_1_training.jinja``, which renders identically for system/user/assistant messages.
+    Raises ConfigError for an unsupported template.
+    """
+    from trl.chat_template_utils import get_training_chat_template, llama3_1_chat_template
+
+    template = tokenizer.chat_template
+    if template and "{% generation %}" in template.replace("{%- generation %}", "{% generation %}"):
+        return None
+    if template == llama3_1_chat_template:
+        return resources.files("loganalyzer.chat_templates").joinpath("llama3_1_training.jinja").read_text()
+    try:
+        return get_training_chat_template(tokenizer)
+    except ValueError as exc:
+        raise ConfigError(f"SFT needs a chat template with {{% generation %}} markers: {exc}") from None
+
+
+def load_rows(path: str, mode: str):
+    """The train/eval file as a ``datasets.Dataset`` with just the column the mode trains on."""
+    from datasets import load_dataset
+
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: no such file")
+    column = "text" if mode == "cpt" else "messages"
+    ds = load_dataset("json", data_files=path, split="train")
+    if len(ds) == 0:
+        raise ConfigError(f"{path}: the dataset is empty; build it with `loganalyzer build-datasets`")
+    if column not in ds.column_names:
+        raise ConfigError(f"{path}: mode {mode} needs a {column!r} column, found {ds.column_names}")
+    return ds.select_columns([column])
+
+
+def check_lengths(ds, tokenizer, cfg: TrainConfig, chat_template: str | None, what: str):
+    """Apply the ``overlong`` policy to SFT samples longer than ``max_length`` tokens."""
+    if cfg.mode == "cpt":
+        return ds  # packed with overflow split: long texts are cut into several sequences, not truncated
+    lengths = [len(x) for x in tokenizer.apply_chat_template(
+        list(ds["messages"]), tokenize=True, chat_template=chat_template, return_dict=True)["input_ids"]]
+    over = [i for i, n in enumerate(lengths) if n > cfg.max_length]
+    if not over:
+        return ds
+    if cfg.overlong == "error":
+        raise ConfigError(
+            f"{what}: {len(over)} of {len(ds)} samples exceed max_length={cfg.max_length} tokens (longest "
+            f"{max(lengths)}; first rows {over[:5]}) and would lose their answers to truncation. Raise max_length, "
+            f"chunk logs smaller, or set overlong=drop to skip them (listed in <output_dir>/rejects.jsonl).")
+    from loganalyzer.io import JsonlWriter
+
+    with JsonlWriter(Path(cfg.output_dir) / "rejects.jsonl") as w:
+        for i in over:
+            w.write({"file": what, "row": i, "tokens": lengths[i], "reason": f"overlong: > {cfg.max_length}"})
+    log.warning("%s: dropped %d of %d samples longer than %d tokens", what, len(over), len(ds), cfg.max_length)
+    keep = set(range(len(ds))) - set(over)
+    if not keep:
+        raise ConfigError(f"{what}: every sample is longer than max_length={cfg.max_length}")
+    return ds.select(sorted(keep))
+
+
+def _callbacks():
+    from transformers import TrainerCallback
+
+    class NaNGuard(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss is {loss} at step {state.global_step}: lower learning_rate, check the data for empty "
+                    f"targets, or use bf16 instead of fp16")
+
+    class Throughput(TrainerCallback):
+        """tokens/s, step time and peak memory, logged to MLflow next to the trainer's loss/lr/grad_norm."""
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t, self.tokens, self.step = time.perf_counter(), state.num_input_tokens_seen, state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            import torch
+
+            now, dt = time.perf_counter(), time.perf_counter() - self.t
+            steps = state.global_step - self.step
+            if dt <= 0 or steps <= 0 or not state.is_world_process_zero:
+                return
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            metrics = {"train_tokens_per_s": (state.num_input_tokens_seen - self.tokens) / dt,
+                       "train_step_time_s": dt / steps}
+            if torch.cuda.is_available():
+                metrics["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            metrics["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            metrics["train_tokens_per_s_per_device"] = metrics["train_tokens_per_s"] / world
+            self.t, self.tokens, self.step = now, state.num_input_tokens_seen, state.global_step
+            log.info("step %d: %s", state.global_step, {k: round(v, 3) for k, v in metrics.items()})
+            import mlflow
+
+            if mlflow.active_run() is not None:
+                mlflow.log_metrics(metrics, step=state.global_step)
+
+    return [NaNGuard(), Throughput()]
+
+
+def build_trainer(cfg: TrainConfig):
+    """Tokenizer, datasets, model and a configured ``trl.SFTTrainer`` for the recipe."""
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
+    chat_template = training_chat_template(tokenizer) if cfg.mode == "sft" else None
+    train = check_lengths(load_rows(cfg.train_file, cfg.mode), tokenizer, cfg, chat_template, cfg.train_file)
+    evalset = (check_lengths(load_rows(cfg.eval_file, cfg.mode), tokenizer, cfg, chat_template, cfg.eval_file)
+               if cfg.eval_file else None)
+    use_gpu = _on_gpu()
+    dtype = torch.bfloat16 if cfg.bf16 and use_gpu else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, dtype=dtype,
+                                                 attn_implementation=attention_implementation(cfg))
+    original_template = tokenizer.chat_template
+    if chat_template:  # TRL builds the assistant mask from the tokenizer's template
+        tokenizer.chat_template = chat_template
+    args = SFTConfig(
+        output_dir=str(Path(cfg.output_dir) / "checkpoints"),
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_ratio,  # transformers>=5: a float in [0, 1) is a ratio of total steps
+        num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length,
+        bf16=cfg.bf16 and (use_gpu or cfg.deepspeed is not None), weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, data_seed=cfg.seed,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        packing=cfg.packing, packing_strategy="bfd_split",
+        dataset_text_field="text", assistant_only_loss=cfg.mode == "sft",
+        deepspeed=deepspeed_config_path(cfg.deepspeed), use_liger_kernel=liger_enabled(cfg),
+        logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        eval_strategy="steps" if evalset is not None else "no", eval_steps=cfg.eval_steps or cfg.save_steps,
+        dataloader_num_workers=cfg.dataloader_num_workers, report_to=cfg.report_to, run_name=cfg.run_name,
+        include_num_input_tokens_seen=True, use_cpu=not use_gpu,
+    )
+    peft_config = None
+    if cfg.lora:
+        target = cfg.lora_target_modules
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                 target_modules=target, task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evalset,
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=_callbacks())
+    return trainer, tokenizer, original_template
+
+
+def resume_checkpoint(cfg: TrainConfig) -> str | None:
+    if cfg.resume == "never":
+        return None
+    if cfg.resume != "auto":
+        if not Path(cfg.resume).is_dir():
+            raise ConfigError(f"resume: checkpoint {cfg.resume} not found")
+        return cfg.resume
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt_dir = Path(cfg.output_dir) / "checkpoints"
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if last:
+        log.info("resume: auto -> continuing from %s", last)
+    return last
+
+
+def save_final(trainer, tokenizer, original_template: str | None, cfg: TrainConfig) -> Path:
+    """Save the final (merged) model with the tokenizer and its original chat template at ``output_dir``."""
+    out = Path(cfg.output_dir)
+    tokenizer.chat_template = original_template
+    if cfg.lora and cfg.merge_adapter:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if trainer.is_world_process_zero():
+            merged = model.merge_and_unload()
+            merged.save_pretrained(out)
+    else:
+        trainer.save_model(str(out))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(out)
+        (out / "loganalyzer_train.json").write_text(json.dumps(cfg.model_dump(), indent=2))
+    return out
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Train the recipe; return the final train metrics (also logged to MLflow)."""
+    from loganalyzer.tracking import stage_run
+
+    with stage_run(f"train-{cfg.mode}", cfg.model_dump()) as tracker:
+        trainer, tokenizer, original_template = build_trainer(cfg)
+        result = trainer.train(resume_from_checkpoint=resume_checkpoint(cfg))
+        out = save_final(trainer, tokenizer, original_template, cfg)
+        metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+        metrics["train_tokens_seen"] = float(trainer.state.num_input_tokens_seen)
+        tracker.log_metrics(metrics)
+        if trainer.is_world_process_zero():
+            tracker.log_artifact(plot_loss(trainer.state.log_history, out / "loss_curve.png"))
+    log.info("train %s done -> %s %s", cfg.mode, out, metrics)
+    return metrics
+
+
+def plot_loss(history: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    if steps:
+        ax.plot(*zip(*steps), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), marker="o", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    from loganalyzer.logs import setup_logging
+
+    setup_logging()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--plan" in argv:
+        from loganalyzer import plan
+
+        plan.main([a for a in argv if a != "--plan"])
+        return
+    run(parse_config(TrainConfig, "train", argv))
+
+
+if __name__ == "__main__":
+    main()

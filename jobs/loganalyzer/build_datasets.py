@@ -7,8 +7,9 @@ Outputs in ``out``:
   answer (the seed's format); ``conversation``: the teacher's messages with the log appended to the first user
   turn only.
 - ``cpt_train.jsonl``: ``{"text": "Human: {instruction}\\nAssistant: {output}\\n"}`` (NLPLog format) from the
-  given NLPLog JSON / JSON Lines files plus the ``nlplog_qa`` records **of train-split chunks only**, so CPT
-  never sees a validation or test log.
+  given NLPLog JSON / JSON Lines files, log-parsing Q&A built from Loghub ground-truth templates
+  (``loghub_structured``), and the ``nlplog_qa`` records **of train-split chunks only**, so CPT never sees a
+  validation or test log.
 - ``stats.json``: counts per task/system/split; token-length percentiles per dataset with the model's tokenizer
   (chat template applied to SFT rows) and the share above ``max_seq_length``. ``token_lengths.png``: histogram.
 - ``rejects.jsonl``: records or NLPLog rows that could not be used, with the reason.
@@ -45,6 +46,7 @@ class BuildDatasetsConfig(StageConfig):
     chunks: str = Field(description="chunks JSON Lines (`loganalyzer chunk`)")
     synth: list[str] = Field([], description="synthesize output dirs (records.jsonl)")
     nlplog: list[str] = Field([], description="NLPLog JSON array or JSON Lines files for CPT")
+    loghub_structured: list[str] = Field([], description="Loghub *_structured.csv files: template Q&A for CPT")
     out: str = Field(description="output directory")
     tokenizer: str | None = Field(None, description="model dir or hub id whose tokenizer measures lengths")
     max_seq_length: int = Field(8192, ge=16, description="report the share of samples above this length")
@@ -113,6 +115,48 @@ def read_nlplog(path: str) -> tuple[list[dict], list[dict]]:
     return good, bad
 
 
+def loghub_template_qa(path: str) -> list[dict]:
+    """NLPLog-style log-parsing Q&A from a Loghub ``*_structured.csv`` (ground-truth ``EventTemplate`` per line).
+
+    One record per distinct event template, using its first occurrence: the question quotes the message, the
+    answer gives the template and the values of its ``<*>`` parameters (by matching the template as a regex).
+    Raises ConfigError for a missing file or one without ``Content``/``EventTemplate`` columns.
+    """
+    import csv
+    import re
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--loghub-structured {path}: no such file")
+    from loganalyzer.chunk import system_name
+
+    system = system_name(p)
+    seen: set[str] = set()
+    out = []
+    with open(p, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if not {"Content", "EventTemplate"} <= set(reader.fieldnames or []):
+            raise ConfigError(f"--loghub-structured {path}: needs Content and EventTemplate columns")
+        for row in reader:
+            template, content = row["EventTemplate"], row["Content"]
+            if template in seen:
+                continue
+            seen.add(template)
+            pattern = "^" + "(.*?)".join(re.escape(part) for part in template.split("<*>")) + "$"
+            m = re.match(pattern, content, re.S)
+            values = [v for v in (m.groups() if m else ())]
+            where = f" from the {row['Component']} component" if row.get("Component") else ""
+            answer = f"The event template of this {system} message{where} is:\n{template}\n"
+            if values:
+                answer += ("The parts shown as <*> are variable parameters that change between occurrences; "
+                           "here they are: " + ", ".join(f"'{v}'" for v in values) + ". ")
+            answer += "Everything else is the constant text the program logs for this event."
+            out.append({"instruction": f"What is the event template of the {system} log message '{content}'? "
+                                       f"Identify its variable parameters.",
+                        "log": content, "output": answer, "domain": system})
+    return out
+
+
 def token_lengths(tokenizer, rows: list[dict], chat: bool) -> np.ndarray:
     """Token counts of SFT rows (chat template applied) or CPT rows (``text``), batched."""
     if not rows:
@@ -156,8 +200,8 @@ def plot_histogram(lengths: dict[str, np.ndarray], max_seq_length: int, path: Pa
 
 def run(cfg: BuildDatasetsConfig) -> dict:
     """Write the datasets, stats and histogram to ``cfg.out``; return the stats."""
-    if not cfg.synth and not cfg.nlplog:
-        raise ConfigError("give --synth (synthesize output dirs) and/or --nlplog (NLPLog files)")
+    if not cfg.synth and not cfg.nlplog and not cfg.loghub_structured:
+        raise ConfigError("give --synth (synthesize output dirs), --nlplog or --loghub-structured files")
     if not Path(cfg.chunks).is_file():
         raise ConfigError(f"--chunks {cfg.chunks}: no such file")
     chunks = {c["id"]: c for c in read_jsonl(cfg.chunks, required=("id", "content"))}
@@ -199,6 +243,10 @@ def run(cfg: BuildDatasetsConfig) -> dict:
         rejects.extend(bad)
         cpt.extend({"text": cpt_text(g["instruction"], g["output"]), "source": Path(path).name} for g in good)
         counts[f"cpt_from_{Path(path).name}"] += len(good)
+    for path in cfg.loghub_structured:
+        rows = loghub_template_qa(path)
+        cpt.extend({"text": cpt_text(r["instruction"], r["output"]), "source": Path(path).name} for r in rows)
+        counts[f"cpt_from_{Path(path).name}"] += len(rows)
 
     for split, rows in sft.items():
         rows.sort(key=lambda r: r["id"])
@@ -230,6 +278,10 @@ def run(cfg: BuildDatasetsConfig) -> dict:
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
     log.info("build-datasets: sft train/val/test = %d/%d/%d, cpt = %d, rejects = %d",
              *(len(sft[s]) for s in SPLITS), len(cpt), len(rejects))
+    from loganalyzer.tracking import log_stage
+
+    log_stage("build-datasets", cfg.model_dump(), stats,
+              [out / "stats.json", out / "token_lengths.png", out / "rejects.jsonl"])
     if not sft["train"] and not cpt:
         raise SystemExit("error: no usable SFT or CPT rows; see " + str(out / "rejects.jsonl"))
     return stats

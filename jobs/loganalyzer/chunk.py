@@ -256,6 +256,9 @@ def run(cfg: ChunkConfig) -> dict:
                "rejects": len(stats.rejects), "chunks_per_system": dict(per_system),
                "out": cfg.out, "rejects_file": rejects_path}
     log.info("chunk summary: %s", json.dumps(summary))
+    from loganalyzer.tracking import log_stage
+
+    log_stage("chunk", cfg.model_dump(), summary, [rejects_path])
     if summary["chunks"] == 0:
         raise SystemExit(f"error: no chunks produced from {len(files)} file(s); see {rejects_path}")
     return summary

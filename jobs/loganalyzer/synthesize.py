@@ -275,6 +275,9 @@ def run(cfg: SynthesizeConfig) -> dict:
                "records_total": len(done) + accepted, "seconds": round(time.perf_counter() - t0, 2)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     log.info("synthesize summary: %s", json.dumps(summary))
+    from loganalyzer.tracking import log_stage
+
+    log_stage("synthesize", cfg.model_dump(), summary, [out / "summary.json", rejects_path])
     return summary
 
 

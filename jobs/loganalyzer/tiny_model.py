@@ -100,7 +100,7 @@ def build(cfg: TinyModelConfig) -> Path:
     model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
-        do_sample=False)
+        do_sample=True, temperature=0.6, top_p=0.9)  # as Llama-3.1-Instruct ships; evaluate forces greedy
     out = Path(cfg.out)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

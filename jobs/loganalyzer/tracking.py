@@ -27,9 +27,16 @@ def enabled() -> bool:
 
 
 def _experiment() -> None:
+    """Select the experiment; a new one on a local ``sqlite:///DIR/x.db`` store keeps artifacts in
+    ``DIR/mlartifacts`` (not ``./mlruns`` in whatever the working directory is)."""
     import mlflow
 
-    mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "loganalyzer"))
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "loganalyzer")
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(name) is None:
+        artifacts = Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts"
+        mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
+    mlflow.set_experiment(name)
 
 
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -126,3 +133,23 @@ def end_parent(run_id: str, status: str = "FINISHED") -> None:
         import mlflow
 
         mlflow.tracking.MlflowClient().set_terminated(run_id, status=status)
+
+
+def numeric(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numeric leaves of a nested summary dict, as dotted metric names."""
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(numeric(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
+def log_stage(stage: str, params: dict[str, Any], summary: dict[str, Any],
+              artifacts: list[str | Path] = ()) -> None:
+    """Record a finished quick stage as one nested run: params, the summary's numbers, artifacts."""
+    with stage_run(stage, params) as tracker:
+        tracker.log_metrics({k.replace(":", "_"): v for k, v in numeric(summary).items()})
+        for a in artifacts:
+            tracker.log_artifact(a)

@@ -1,0 +1,106 @@
+"""Stage 6 (local) — an OpenAI-compatible server for a model dir: ``transformers serve`` on loopback.
+
+``loganalyzer serve --model DIR [--port 8000] [--host 127.0.0.1]`` preloads the model and serves
+``POST /v1/chat/completions`` (streaming and not), ``GET /v1/models`` and ``GET /health`` until interrupted. Any
+``openai`` client reaches it at ``http://HOST:PORT/v1``; the demo uses it as the teacher when no
+``OPENAI_API_KEY`` is set. In the cluster KServe serves the same model (see the serving manifests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from pydantic import Field
+
+from loganalyzer.config import ConfigError, StageConfig, parse_config
+
+log = logging.getLogger("loganalyzer.serve")
+
+
+class ServeConfig(StageConfig):
+    """Serve a model dir with an OpenAI-compatible API (transformers serve)."""
+
+    model: str = Field(description="model directory (or hub id)")
+    port: int = Field(8000, ge=1, le=65535)
+    host: str = Field("127.0.0.1", description="bind address; loopback by default")
+    device: str = Field("auto", description="auto, cpu, cuda:0 ...")
+    dtype: str = Field("auto")
+
+
+def command(cfg: ServeConfig) -> list[str]:
+    """The ``transformers serve`` argument list for ``cfg``."""
+    return ["serve", cfg.model, "--host", cfg.host, "--port", str(cfg.port), "--device", cfg.device,
+            "--dtype", cfg.dtype]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_server(model: str, port: int | None = None, startup_timeout_s: float = 300.0,
+                 log_file: str | Path | None = None) -> Iterator[str]:
+    """Run ``loganalyzer serve`` for ``model`` in a subprocess on loopback; yield its ``…/v1`` base URL.
+
+    Raises RuntimeError (with the server's log tail) when it exits or is not healthy within the timeout.
+    """
+    port = port or free_port()
+    log_path = Path(log_file) if log_file else Path(f"/tmp/loganalyzer-serve-{port}.log")
+    with open(log_path, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "loganalyzer.serve", "--model", str(model), "--port",
+                                 str(port)], stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + startup_timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"model server exited with {proc.returncode}: "
+                                   f"{log_path.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"model server not healthy after {startup_timeout_s}s; log: {log_path}")
+            time.sleep(0.5)
+        log.info("local model server for %s at http://127.0.0.1:%d/v1 (log %s)", model, port, log_path)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from loganalyzer.logs import setup_logging
+
+    setup_logging()
+    cfg = parse_config(ServeConfig, "serve", argv)
+    if "/" in cfg.model and not Path(cfg.model).exists() and cfg.model.startswith((".", "/")):
+        raise ConfigError(f"--model {cfg.model}: no such directory")
+    from huggingface_hub import constants
+    from transformers.cli.transformers import main as transformers_cli
+
+    # `GET /v1/models` scans the hub cache and answers 500 when the directory does not exist.
+    Path(constants.HF_HUB_CACHE).mkdir(parents=True, exist_ok=True)
+
+    log.info("serving %s at http://%s:%d/v1", cfg.model, cfg.host, cfg.port)
+    sys.argv = ["transformers", *command(cfg)]
+    transformers_cli()
+
+
+if __name__ == "__main__":
+    main()

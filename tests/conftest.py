@@ -27,3 +27,27 @@ def shared_data() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"shared data not found at {SHARED}")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_env(tmp_path_factory):
+    """Real Loghub chunks (HDFS + OpenSSH), fake-teacher records, a tiny Llama and built datasets."""
+    from loganalyzer.build_datasets import BuildDatasetsConfig, run as build_datasets
+    from loganalyzer.chunk import ChunkConfig, run as chunk
+    from loganalyzer.synthesize import SynthesizeConfig, run as synthesize
+    from loganalyzer.testing.fake_openai import FakeOpenAI
+    from loganalyzer.tiny_model import TinyModelConfig, build
+
+    root = tmp_path_factory.mktemp("tiny")
+    chunks = root / "chunks.jsonl"
+    chunk(ChunkConfig(logs=[str(loghub_file("HDFS")), str(loghub_file("OpenSSH"))], out=str(chunks),
+                      max_chunks_per_file=5))
+    with FakeOpenAI() as srv:
+        synthesize(SynthesizeConfig(chunks=str(chunks), out=str(root / "synth"), base_url=srv.base_url,
+                                    model="fake-teacher"))
+    model = build(TinyModelConfig(out=str(root / "base"), corpus=[str(chunks)], vocab_size=1024,
+                                  hidden_size=32, intermediate_size=64))
+    datasets = root / "datasets"
+    build_datasets(BuildDatasetsConfig(chunks=str(chunks), synth=[str(root / "synth")], out=str(datasets),
+                                       tokenizer=str(model), val_size=2, test_size=2))
+    return {"root": root, "chunks": chunks, "synth": root / "synth", "model": model, "datasets": datasets}

@@ -139,9 +139,18 @@ def load_rows(path: str, mode: str):
     if not Path(path).is_file():
         raise ConfigError(f"{path}: no such file")
     column = "text" if mode == "cpt" else "messages"
-    ds = load_dataset("json", data_files=path, split="train")
+    empty_msg = f"{path}: the dataset is empty; build it with `loganalyzer build-datasets`"
+    with open(path, "rb") as fh:  # read only up to the first non-blank byte
+        while (block := fh.read(1 << 16)) and not block.strip():
+            pass
+    if not block.strip():
+        raise ConfigError(empty_msg)
+    try:
+        ds = load_dataset("json", data_files=path, split="train")
+    except Exception as exc:  # datasets raises many types for unreadable JSON
+        raise ConfigError(f"{path}: cannot read as JSON Lines ({type(exc).__name__}: {exc})") from None
     if len(ds) == 0:
-        raise ConfigError(f"{path}: the dataset is empty; build it with `loganalyzer build-datasets`")
+        raise ConfigError(empty_msg)
     if column not in ds.column_names:
         raise ConfigError(f"{path}: mode {mode} needs a {column!r} column, found {ds.column_names}")
     return ds.select_columns([column])
@@ -243,7 +252,7 @@ def build_trainer(cfg: TrainConfig):
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length,
         bf16=cfg.bf16 and (use_gpu or cfg.deepspeed is not None), weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, data_seed=cfg.seed,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=cfg.gradient_checkpointing,  # transformers>=5 name of gradient checkpointing
         packing=cfg.packing, packing_strategy="bfd_split",
         dataset_text_field="text", assistant_only_loss=cfg.mode == "sft",
         deepspeed=deepspeed_config_path(cfg.deepspeed), use_liger_kernel=liger_enabled(cfg),

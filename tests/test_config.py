@@ -1,0 +1,60 @@
+import pytest
+from pydantic import Field
+
+from loganalyzer.config import StageConfig, parse_config
+
+
+class Cfg(StageConfig):
+    """A test config."""
+
+    name: str = Field(description="a name")
+    size: int = 3
+    tags: list[str] = []
+    flag: bool = False
+
+
+def test_precedence_defaults_yaml_env_flags(tmp_path, monkeypatch):
+    y = tmp_path / "c.yaml"
+    y.write_text("name: from_yaml\nsize: 5\ntags: [a, b]\n")
+    assert parse_config(Cfg, "t", ["--config", str(y)]).size == 5
+    monkeypatch.setenv("LOGANALYZER_T_SIZE", "7")
+    assert parse_config(Cfg, "t", ["--config", str(y)]).size == 7
+    cfg = parse_config(Cfg, "t", ["--config", str(y), "size=9", "--flag", "--tags", "x", "y"])
+    assert (cfg.size, cfg.flag, cfg.tags, cfg.name) == (9, True, ["x", "y"], "from_yaml")
+    assert parse_config(Cfg, "t", ["--name", "n", "tags=p,q"]).tags == ["p", "q"]
+
+
+@pytest.mark.parametrize("argv, env, message", [
+    (["--name", "n", "colour=red"], {}, "unknown key"),
+    (["--name", "n"], {"LOGANALYZER_T_COLOUR": "red"}, "unknown key"),
+    (["--name", "n", "size=big"], {}, "size"),
+    ([], {}, "name"),
+    (["--name", "n", "nonsense"], {}, "not key=value"),
+])
+def test_bad_config_exits_2_with_a_message(argv, env, message, monkeypatch, capsys):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(SystemExit) as e:
+        parse_config(Cfg, "t", argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_yaml_key_is_an_error(tmp_path, capsys):
+    y = tmp_path / "c.yaml"
+    y.write_text("name: x\nlearning_rat: 1\n")
+    with pytest.raises(SystemExit):
+        parse_config(Cfg, "t", ["--config", str(y)])
+    assert "learning_rat" in capsys.readouterr().err
+
+
+def test_cli_dispatch_and_unknown_command(capsys):
+    from loganalyzer.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["frobnicate"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    assert "build-datasets" in capsys.readouterr().out

@@ -1,0 +1,123 @@
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from loganalyzer.config import load_yaml
+from loganalyzer.train import TrainConfig, _callbacks, run, training_chat_template
+
+CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
+CONVERSATIONS = [
+    [{"role": "user", "content": "Summarize this log. Please answer in detail.\n\nLog content:\n\nA\nB"},
+     {"role": "assistant", "content": "Two events."}],
+    [{"role": "system", "content": "You analyse logs."}, {"role": "user", "content": "Hi"},
+     {"role": "assistant", "content": " One "}, {"role": "user", "content": "More?"},
+     {"role": "assistant", "content": "Two."}],
+]
+
+
+def _recipe(name, **over):
+    return TrainConfig(**{**load_yaml(CONFIGS / f"{name}.yaml"), **over})
+
+
+def test_llama31_training_template_renders_like_the_original_and_masks_assistant_tokens(tiny_env):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_env["model"])
+    training = training_chat_template(tok)
+    assert training and "{% generation %}" in training
+    for conv in CONVERSATIONS:
+        for gen_prompt in (False, True):
+            msgs = conv[:-1] if gen_prompt else conv
+            assert (tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen_prompt)
+                    == tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen_prompt,
+                                               chat_template=training))
+    enc = tok.apply_chat_template(CONVERSATIONS[1], chat_template=training, return_dict=True,
+                                  return_assistant_tokens_mask=True)
+    masked = tok.decode([t for t, m in zip(enc["input_ids"], enc["assistant_masks"]) if m])
+    assert masked == "One<|eot_id|>Two.<|eot_id|>"
+
+
+@pytest.mark.integration
+def test_cpt_two_steps_checkpoint_resume_and_loadable_output(tiny_env, tmp_path, caplog):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "cpt"
+    cfg = _recipe("cpt_tiny_cpu", model_name_or_path=str(tiny_env["model"]),
+                  train_file=str(tiny_env["datasets"] / "cpt_train.jsonl"), output_dir=str(out), max_steps=2,
+                  save_steps=1, max_length=256, report_to=["none"])
+    metrics = run(cfg)
+    assert metrics["train_tokens_seen"] > 0 and math.isfinite(metrics["train_loss"])
+    assert (out / "checkpoints" / "checkpoint-2").is_dir() and (out / "loss_curve.png").is_file()
+    AutoModelForCausalLM.from_pretrained(out)
+    caplog.set_level("INFO", logger="loganalyzer.train")
+    run(cfg.model_copy(update={"max_steps": 3}))
+    assert "continuing from" in caplog.text and "checkpoint-2" in caplog.text
+    assert (out / "checkpoints" / "checkpoint-3").is_dir()
+
+
+@pytest.mark.integration
+def test_sft_lora_merges_and_keeps_the_original_chat_template(tiny_env, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "sft"
+    run(_recipe("sft_tiny_cpu", model_name_or_path=str(tiny_env["model"]),
+                train_file=str(tiny_env["datasets"] / "sft_train.jsonl"),
+                eval_file=str(tiny_env["datasets"] / "sft_val.jsonl"), output_dir=str(out), max_steps=2,
+                eval_steps=2, report_to=["none"]))
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    tok = AutoTokenizer.from_pretrained(out)
+    assert "{%- generation %}" not in tok.chat_template
+    assert tok.chat_template == AutoTokenizer.from_pretrained(tiny_env["model"]).chat_template
+
+
+def test_overlong_samples_error_or_drop(tiny_env, tmp_path, capsys):
+    base = dict(model_name_or_path=str(tiny_env["model"]), train_file=str(tiny_env["datasets"] / "sft_train.jsonl"),
+                output_dir=str(tmp_path / "o"), max_length=64, max_steps=1, report_to=["none"])
+    with pytest.raises(SystemExit) as e:
+        run(_recipe("sft_tiny_cpu", **base))
+    assert e.value.code == 2 and "exceed max_length=64" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # dropping every sample leaves nothing to train on
+        run(_recipe("sft_tiny_cpu", **base, overlong="drop"))
+    rejects = (tmp_path / "o" / "rejects.jsonl").read_text().splitlines()
+    assert rejects and json.loads(rejects[0])["reason"].startswith("overlong")
+
+
+def test_empty_or_wrong_data_is_a_clear_error(tiny_env, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    for train_file, message in ((empty, "empty"), (tiny_env["datasets"] / "sft_train.jsonl", "'text' column")):
+        with pytest.raises(SystemExit) as e:
+            run(_recipe("cpt_tiny_cpu", model_name_or_path=str(tiny_env["model"]), train_file=str(train_file),
+                        output_dir=str(tmp_path / "o"), report_to=["none"]))
+        assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_nan_loss_stops_training_with_advice():
+    class State:
+        global_step = 7
+
+    guard = _callbacks()[0]
+    guard.on_log(None, State(), None, logs={"loss": 1.5})
+    with pytest.raises(FloatingPointError, match="step 7.*learning_rate"):
+        guard.on_log(None, State(), None, logs={"loss": float("nan")})
+
+
+def test_recipes_validate_and_carry_the_seed_hyperparameters():
+    cpt, sft = _recipe("cpt_full_zero3"), _recipe("sft_lora")
+    assert (cpt.mode, cpt.lora, cpt.learning_rate, cpt.lr_scheduler_type, cpt.warmup_ratio, cpt.num_train_epochs,
+            cpt.per_device_train_batch_size, cpt.gradient_accumulation_steps, cpt.max_length, cpt.bf16,
+            cpt.weight_decay, cpt.max_grad_norm, cpt.seed, cpt.gradient_checkpointing, cpt.deepspeed) == \
+        ("cpt", False, 1e-5, "cosine", 0.1, 1, 8, 2, 8192, True, 0.01, 1.0, 1309, True, "zero3")
+    assert (sft.mode, sft.lora, sft.lora_r, sft.lora_alpha, sft.lora_dropout, sft.lora_target_modules,
+            sft.learning_rate, sft.lr_scheduler_type, sft.num_train_epochs, sft.merge_adapter) == \
+        ("sft", True, 16, 32, 0.05, "all-linear", 5e-5, "linear", 3, True)
+    for name in ("cpt_tiny_cpu", "sft_tiny_cpu"):
+        _recipe(name)
+    ds = json.loads((CONFIGS / "deepspeed" / "zero3.json").read_text())
+    assert ds["zero_optimization"]["stage"] == 3
+    for path in CONFIGS.glob("*.yaml"):
+        assert path.read_text().startswith("#") and "loganalyzer.train" in path.read_text() or \
+            "loganalyzer train" in path.read_text(), f"{path.name} must open with its launch command"

@@ -1,0 +1,50 @@
+import json
+
+import pytest
+
+from loganalyzer.evaluate import EvaluateConfig, prompt_and_reference, run
+from loganalyzer.metrics import METRICS
+from loganalyzer.testing.fake_openai import FakeOpenAI
+
+
+def test_prompt_is_everything_before_the_last_assistant_turn():
+    msgs = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+            {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]
+    assert prompt_and_reference({"messages": msgs}) == (msgs[:3], "a2")
+    with pytest.raises(ValueError):
+        prompt_and_reference({"id": "x", "messages": msgs[:1]})
+
+
+def test_endpoint_mode_report_shape_and_paired_comparison(tiny_env, tmp_path):
+    out = tmp_path / "eval"
+    with FakeOpenAI() as srv:
+        report = run(EvaluateConfig(test=str(tiny_env["datasets"] / "sft_test.jsonl"), endpoint=srv.base_url,
+                                    models=["base=m1", "sft=m2", "cpt_sft=m3"], out=str(out), n_boot=50))
+    assert list(report) == ["base", "sft", "cpt_sft"]
+    for name, r in report.items():
+        assert set(METRICS) | {"n"} <= set(r) and r["n"] == 10
+        assert all(r[m + "_ci95"][0] <= r[m] <= r[m + "_ci95"][1] for m in METRICS)
+        assert set(r["per_task"]) == {"summarize", "root_cause", "find_patterns", "compare_halves", "conversation"}
+    # The fake teacher answers deterministically, so every model scores the same: no difference.
+    assert report["cpt_sft"]["vs_sft"]["rouge1"]["delta"] == 0 and report["cpt_sft"]["vs_sft"]["rouge1"]["p_value"] == 1
+    assert json.loads((out / "report.json").read_text()) == report
+    assert "| cpt_sft |" in (out / "report.md").read_text() and (out / "metrics.png").stat().st_size > 5000
+    preds = [json.loads(x) for x in (out / "predictions_sft.jsonl").read_text().splitlines()]
+    assert len(preds) == 10 and {"id", "task", "prediction", "reference"} <= set(preds[0])
+
+
+@pytest.mark.integration
+def test_in_process_generation_is_greedy_and_deterministic(tiny_env, tmp_path):
+    cfg = dict(test=str(tiny_env["datasets"] / "sft_test.jsonl"), models=[f"base={tiny_env['model']}"],
+               max_new_tokens=8, limit=3, n_boot=20, batch_size=2)
+    a = run(EvaluateConfig(out=str(tmp_path / "a"), **cfg))
+    b = run(EvaluateConfig(out=str(tmp_path / "b"), **cfg))
+    assert a == b
+    assert (tmp_path / "a" / "predictions_base.jsonl").read_text() == (tmp_path / "b" / "predictions_base.jsonl").read_text()
+
+
+def test_missing_model_dir_is_a_usage_error(tiny_env, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        run(EvaluateConfig(test=str(tiny_env["datasets"] / "sft_test.jsonl"), models=["base=/nope"],
+                           out=str(tmp_path)))
+    assert e.value.code == 2

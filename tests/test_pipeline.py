@@ -1,0 +1,45 @@
+import json
+
+import pytest
+
+from loganalyzer.demo import DemoConfig, run
+from loganalyzer.metrics import METRICS
+
+from conftest import loghub_file
+
+
+@pytest.mark.integration
+def test_whole_dag_on_the_kfp_local_runner(tmp_path, monkeypatch):
+    """chunk -> synthesize (local served teacher) -> build-datasets -> CPT -> SFT x2 -> evaluate, 2 Loghub systems."""
+    import mlflow
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    logs = [loghub_file("HDFS"), loghub_file("OpenSSH")]
+    out = tmp_path / "run"
+    report = run(DemoConfig(out=str(out), logs=[str(p) for p in logs],
+                            loghub_structured=[str(p.with_name(p.name + "_structured.csv")) for p in logs],
+                            max_chunks_per_file=3, val_size=1, test_size=2, synth_max_tokens=16,
+                            eval_max_new_tokens=8))
+    for path in ("chunks.jsonl", "synth/records.jsonl", "synth/rejects.jsonl", "datasets/sft_train.jsonl",
+                 "datasets/cpt_train.jsonl", "datasets/stats.json", "datasets/token_lengths.png",
+                 "models/base/config.json", "models/cpt/model.safetensors", "models/sft/model.safetensors",
+                 "models/cpt_sft/model.safetensors", "eval/report.json", "eval/report.md", "eval/metrics.png"):
+        assert (out / path).is_file(), path
+    assert list(report) == ["base", "sft", "cpt_sft"]
+    assert all(report[m]["n"] == 8 and set(METRICS) <= set(report[m]) for m in report)
+    assert "vs_sft" in report["cpt_sft"]
+    summary = json.loads((out / "synth" / "summary.json").read_text())
+    assert summary["asked"] == 6 * 6 and summary["accepted"] + summary["rejected"] == 36
+
+    # MLflow: one finished parent run, a nested run per stage, the report's metrics on the parent.
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("loganalyzer-demo")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("loganalyzer.stage") == "pipeline"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    pid = parents[0].info.run_id
+    stages = sorted(r.data.tags["loganalyzer.stage"] for r in runs if r.data.tags.get("mlflow.parentRunId") == pid)
+    assert stages == ["build-datasets", "chunk", "evaluate", "synthesize", "train-cpt", "train-sft", "train-sft"]
+    assert "cpt_sft.rouge1" in parents[0].data.metrics
+    train_runs = [r for r in runs if r.data.tags.get("loganalyzer.stage", "").startswith("train-")]
+    assert all("train_tokens_per_s" in r.data.metrics and "loss" in r.data.metrics for r in train_runs)

@@ -1,0 +1,74 @@
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from loganalyzer import tracking
+from loganalyzer.chunk import ChunkConfig, run as chunk
+from loganalyzer.serve import free_port
+
+from conftest import loghub_file
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on loopback with a sqlite store."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'db.sqlite'}", "--artifacts-destination", str(root / "art")],
+        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(url + "/health", timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail((root / "server.log").read_text()[-2000:])
+            time.sleep(0.5)
+    else:
+        pytest.fail("mlflow server did not start")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_parent_and_nested_stage_runs_on_a_real_server(mlflow_server, monkeypatch, tmp_path):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "test-tracking")
+    monkeypatch.setenv("KFP_RUN_ID", "kfp-run-123")
+    parent = tracking.start_parent("pipeline", {"base_model": "tiny"}, tags={"kfp.run_id": "kfp-run-123"})
+    monkeypatch.setenv(tracking.PARENT_ENV, parent)
+    chunk(ChunkConfig(logs=[str(loghub_file("HDFS"))], out=str(tmp_path / "c.jsonl"), max_chunks_per_file=2))
+    tracking.end_parent(parent)
+    client = mlflow.tracking.MlflowClient()
+    assert client.get_run(parent).info.status == "FINISHED"
+    exp = client.get_experiment_by_name("test-tracking")
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    assert len(children) == 1
+    child = children[0]
+    assert child.data.tags["loganalyzer.stage"] == "chunk" and child.data.tags["kfp.run_id"] == "kfp-run-123"
+    assert child.data.metrics["chunks"] == 2 and child.data.params["cfg.max_chunks_per_file"] == "2"
+    assert [a.path for a in client.list_artifacts(child.info.run_id)] == ["c.jsonl.rejects.jsonl"]
+
+
+def test_tracking_is_a_no_op_without_a_uri(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.start_parent("x") == ""
+    with tracking.stage_run("chunk", {"a": 1}) as t:
+        t.log_metrics({"m": 1.0})
+        assert t.run_id is None
+
+
+def test_only_rank_zero_logs(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///unused.db")
+    monkeypatch.setenv("RANK", "3")
+    assert not tracking.enabled()
+    assert not os.path.exists("unused.db")

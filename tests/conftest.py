@@ -32,9 +32,12 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_env(tmp_path_factory):
     """Real Loghub chunks (HDFS + OpenSSH), fake-teacher records, a tiny Llama and built datasets."""
-    from loganalyzer.build_datasets import BuildDatasetsConfig, run as build_datasets
-    from loganalyzer.chunk import ChunkConfig, run as chunk
-    from loganalyzer.synthesize import SynthesizeConfig, run as synthesize
+    from loganalyzer.build_datasets import BuildDatasetsConfig
+    from loganalyzer.build_datasets import run as build_datasets
+    from loganalyzer.chunk import ChunkConfig
+    from loganalyzer.chunk import run as chunk
+    from loganalyzer.synthesize import SynthesizeConfig
+    from loganalyzer.synthesize import run as synthesize
     from loganalyzer.testing.fake_openai import FakeOpenAI
     from loganalyzer.tiny_model import TinyModelConfig, build
 

@@ -2,11 +2,9 @@ import gzip
 import json
 
 import pytest
-
-from loganalyzer.chunk import ChunkConfig, chunk_file, main, run, system_name, _FileStats
-from loganalyzer.io import read_jsonl
-
 from conftest import loghub_file
+from loganalyzer.chunk import ChunkConfig, _FileStats, chunk_file, main, run, system_name
+from loganalyzer.io import read_jsonl
 
 
 def _cfg(tmp_path, logs, **kw):

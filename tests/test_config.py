@@ -1,7 +1,6 @@
 import pytest
-from pydantic import Field
-
 from loganalyzer.config import StageConfig, parse_config
+from pydantic import Field
 
 
 class Cfg(StageConfig):

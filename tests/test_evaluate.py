@@ -1,7 +1,6 @@
 import json
 
 import pytest
-
 from loganalyzer.evaluate import EvaluateConfig, prompt_and_reference, run
 from loganalyzer.metrics import METRICS
 from loganalyzer.testing.fake_openai import FakeOpenAI
@@ -21,7 +20,7 @@ def test_endpoint_mode_report_shape_and_paired_comparison(tiny_env, tmp_path):
         report = run(EvaluateConfig(test=str(tiny_env["datasets"] / "sft_test.jsonl"), endpoint=srv.base_url,
                                     models=["base=m1", "sft=m2", "cpt_sft=m3"], out=str(out), n_boot=50))
     assert list(report) == ["base", "sft", "cpt_sft"]
-    for name, r in report.items():
+    for r in report.values():
         assert set(METRICS) | {"n"} <= set(r) and r["n"] == 10
         assert all(r[m + "_ci95"][0] <= r[m] <= r[m + "_ci95"][1] for m in METRICS)
         assert set(r["per_task"]) == {"summarize", "root_cause", "find_patterns", "compare_halves", "conversation"}
@@ -40,7 +39,8 @@ def test_in_process_generation_is_greedy_and_deterministic(tiny_env, tmp_path):
     a = run(EvaluateConfig(out=str(tmp_path / "a"), **cfg))
     b = run(EvaluateConfig(out=str(tmp_path / "b"), **cfg))
     assert a == b
-    assert (tmp_path / "a" / "predictions_base.jsonl").read_text() == (tmp_path / "b" / "predictions_base.jsonl").read_text()
+    pred_a, pred_b = (tmp_path / d / "predictions_base.jsonl" for d in "ab")
+    assert pred_a.read_text() == pred_b.read_text()
 
 
 def test_missing_model_dir_is_a_usage_error(tiny_env, tmp_path):

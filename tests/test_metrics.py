@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 import sacrebleu
-
 from loganalyzer.metrics import METRICS, main, paired_bootstrap, per_sample, score
 
 

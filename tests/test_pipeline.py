@@ -1,11 +1,9 @@
 import json
 
 import pytest
-
+from conftest import loghub_file
 from loganalyzer.demo import DemoConfig, run
 from loganalyzer.metrics import METRICS
-
-from conftest import loghub_file
 
 
 @pytest.mark.integration

@@ -1,11 +1,9 @@
 import json
 
 import pytest
-
+from conftest import ROOT
 from loganalyzer.plan import PlanConfig, plan
 from loganalyzer.serve import local_server
-
-from conftest import ROOT
 
 
 @pytest.mark.integration

@@ -7,14 +7,13 @@ import time
 from collections import Counter
 
 import pytest
-
-from loganalyzer.chunk import ChunkConfig, run as run_chunk
+from conftest import loghub_file
+from loganalyzer.chunk import ChunkConfig
+from loganalyzer.chunk import run as run_chunk
 from loganalyzer.io import read_jsonl
 from loganalyzer.prompts import ALL_TASKS, load_prompts
-from loganalyzer.synthesize import SynthesizeConfig, InvalidReply, run, validate_reply
+from loganalyzer.synthesize import InvalidReply, SynthesizeConfig, run, validate_reply
 from loganalyzer.testing.fake_openai import DEFAULT_SCHEDULE, FakeOpenAI
-
-from conftest import loghub_file
 
 
 @pytest.fixture

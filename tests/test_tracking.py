@@ -5,12 +5,11 @@ import time
 import urllib.request
 
 import pytest
-
-from loganalyzer import tracking
-from loganalyzer.chunk import ChunkConfig, run as chunk
-from loganalyzer.serve import free_port
-
 from conftest import loghub_file
+from loganalyzer import tracking
+from loganalyzer.chunk import ChunkConfig
+from loganalyzer.chunk import run as chunk
+from loganalyzer.serve import free_port
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 from loganalyzer.config import load_yaml
 from loganalyzer.train import TrainConfig, _callbacks, run, training_chat_template
 
@@ -35,7 +34,7 @@ def test_llama31_training_template_renders_like_the_original_and_masks_assistant
                                                chat_template=training))
     enc = tok.apply_chat_template(CONVERSATIONS[1], chat_template=training, return_dict=True,
                                   return_assistant_tokens_mask=True)
-    masked = tok.decode([t for t, m in zip(enc["input_ids"], enc["assistant_masks"]) if m])
+    masked = tok.decode([t for t, m in zip(enc["input_ids"], enc["assistant_masks"], strict=True) if m])
     assert masked == "One<|eot_id|>Two.<|eot_id|>"
 
 

@@ -186,7 +186,7 @@ def plot_histogram(lengths: dict[str, np.ndarray], max_seq_length: int, path: Pa
 
     shown = {k: v for k, v in lengths.items() if len(v)}
     fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 3.6), squeeze=False)
-    for ax, (name, v) in zip(axes[0], shown.items()):
+    for ax, (name, v) in zip(axes[0], shown.items(), strict=True):
         ax.hist(v, bins=min(50, max(5, len(v) // 3)), color="#4472c4")
         ax.axvline(max_seq_length, color="#c00000", linestyle="--", label=f"max_seq_length={max_seq_length}")
         ax.set_title(f"{name} (n={len(v)}, p95={np.percentile(v, 95):.0f})")

@@ -53,7 +53,7 @@ class ChunkConfig(StageConfig):
     max_line_bytes: int = Field(65536, ge=64, description="truncate longer lines (counted as rejects)")
 
     @model_validator(mode="after")
-    def _bounds(self) -> "ChunkConfig":
+    def _bounds(self) -> ChunkConfig:
         if self.min_lines > self.max_lines:
             raise ValueError(f"min_lines ({self.min_lines}) must be <= max_lines ({self.max_lines})")
         return self

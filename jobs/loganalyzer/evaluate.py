@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -89,7 +88,7 @@ def generate_local(model_dir: str, prompts: list[list[dict]], cfg: EvaluateConfi
         with torch.inference_mode():
             out = model.generate(**enc, do_sample=False, max_new_tokens=cfg.max_new_tokens,
                                  pad_token_id=tok.pad_token_id)
-        for i, seq in zip(idx, out[:, enc["input_ids"].shape[1]:]):
+        for i, seq in zip(idx, out[:, enc["input_ids"].shape[1]:], strict=True):
             answers[i] = tok.decode(seq, skip_special_tokens=True).strip()
     return answers
 
@@ -122,7 +121,8 @@ def markdown_report(report: dict) -> str:
         lines += ["", "**cpt_sft vs sft** (paired bootstrap, two-sided):", "",
                   "| metric | delta | 95% CI of delta | p-value |", "|---|---|---|---|"]
         for m, c in report["cpt_sft"]["vs_sft"].items():
-            lines.append(f"| {m} | {c['delta']:+.4f} | [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] | {c['p_value']:.3f} |")
+            lo, hi = c["ci95"]
+            lines.append(f"| {m} | {c['delta']:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {c['p_value']:.3f} |")
     lines += ["", "Per task (ROUGE-1 / fuzzy match):", "", "| task | " + " | ".join(names) + " |",
               "|---|" + "---|" * len(names)]
     for task in sorted({t for n in names for t in report[n]["per_task"]}):
@@ -181,7 +181,7 @@ def run(cfg: EvaluateConfig) -> dict:
         for name, src in models.items():
             preds = generate_endpoint(src, prompts, cfg) if cfg.endpoint else generate_local(src, prompts, cfg)
             with JsonlWriter(out / f"predictions_{name}.jsonl") as w:
-                for row, p, r in zip(rows, preds, refs):
+                for row, p, r in zip(rows, preds, refs, strict=True):
                     w.write({"id": row["id"], "task": row.get("task"), "system": row.get("system"),
                              "prediction": p, "reference": r})
             entry = score(preds, refs, n_boot=cfg.n_boot, seed=cfg.seed, backend=cfg.metrics_backend)

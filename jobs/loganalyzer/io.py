@@ -62,7 +62,7 @@ class JsonlWriter:
             else:
                 self._target.unlink(missing_ok=True)
 
-    def __enter__(self) -> "JsonlWriter":
+    def __enter__(self) -> JsonlWriter:
         return self
 
     def __exit__(self, exc_type, *_: object) -> None:

@@ -20,8 +20,6 @@ them instead; the default ``builtin`` backend computes the same numbers offline.
 from __future__ import annotations
 
 import json
-import math
-import sys
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
@@ -88,13 +86,13 @@ def per_sample(predictions: list[str], references: list[str]) -> dict[str, np.nd
         raise ValueError("no samples to score")
     scorer = _rouge_scorer()
     rouge = {k: np.empty(len(predictions)) for k in ROUGE_TYPES}
-    for i, (p, r) in enumerate(zip(predictions, references)):
+    for i, (p, r) in enumerate(zip(predictions, references, strict=True)):
         s = scorer.score(r, p)
         for k in ROUGE_TYPES:
             rouge[k][i] = s[k].fmeasure
     return {
-        "fuzzy_match": np.array([fuzz.ratio(p, r) / 100.0 for p, r in zip(predictions, references)]),
-        "bleu_stats": np.stack([bleu_stats(p, r) for p, r in zip(predictions, references)]),
+        "fuzzy_match": np.array([fuzz.ratio(p, r) / 100.0 for p, r in zip(predictions, references, strict=True)]),
+        "bleu_stats": np.stack([bleu_stats(p, r) for p, r in zip(predictions, references, strict=True)]),
         **rouge,
     }
 

@@ -44,7 +44,7 @@ class PlanConfig(StageConfig):
 
 
 def model_config_file(model: str, override: str | None) -> Path:
-    """The config.json for a recipe's model: an override, the packaged copy of a known model, or ``model/config.json``."""
+    """config.json for a recipe's model: an override, the packaged copy of a known model, or ``model/config.json``."""
     if override:
         p = Path(override)
     elif model in KNOWN_CONFIGS:
@@ -146,7 +146,8 @@ def plan(cfg: PlanConfig) -> dict:
     seqs_per_step = train.per_device_train_batch_size * train.gradient_accumulation_steps * gpus
     report: dict = {
         "recipe": cfg.recipe, "model": train.model_name_or_path, "mode": train.mode, "zero_stage": stage,
-        "gpus": gpus, "parameters": params["total"], "trainable_parameters": params["lora"] if lora else params["total"],
+        "gpus": gpus, "parameters": params["total"],
+        "trainable_parameters": params["lora"] if lora else params["total"],
         "memory_per_gpu_gib": {"model_states": round(gpu_states / GiB, 1), "model_states_method": method,
                                "activations_rough": round(act / GiB, 1),
                                "total_rough": round((gpu_states + act) / GiB, 1)},

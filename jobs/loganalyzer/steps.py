@@ -54,7 +54,7 @@ def finish(parent_run_id: str, tracking_uri: str, experiment: str, report_file: 
     """Attach the evaluation report to the parent run and mark it finished."""
     import mlflow
 
-    from loganalyzer.tracking import end_parent, enabled, numeric
+    from loganalyzer.tracking import enabled, end_parent, numeric
 
     use_tracking(tracking_uri, experiment, "")
     if enabled() and parent_run_id:

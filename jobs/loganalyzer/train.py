@@ -331,9 +331,9 @@ def plot_loss(history: list[dict], path: Path) -> Path:
     evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
     fig, ax = plt.subplots(figsize=(6, 3.6))
     if steps:
-        ax.plot(*zip(*steps), label="train loss")
+        ax.plot(*zip(*steps, strict=True), label="train loss")
     if evals:
-        ax.plot(*zip(*evals), marker="o", label="eval loss")
+        ax.plot(*zip(*evals, strict=True), marker="o", label="eval loss")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.legend()

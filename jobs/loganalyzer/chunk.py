@@ -14,8 +14,9 @@ So every line of a file lands in exactly one chunk, except: a file shorter than 
 an unsplittable remainder when ``max_lines < 2*min_lines - 1``, and lines after ``max_chunks_per_file``. Each
 such case is counted and written to the rejects file.
 
-Memory is independent of file size: the file is read in 1 MiB blocks, at most ``2*max_lines`` lines are
-buffered, and a line longer than ``max_line_bytes`` is truncated (counted, rejected with its line number).
+Memory is independent of file size: the file is read in 1 MiB blocks, at most one block plus ``2*max_lines``
+lines are buffered, and a line longer than ``max_line_bytes`` is truncated (counted, rejected with its line
+number). Invalid UTF-8 bytes become U+FFFD (counted); empty and binary files are rejected whole.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from loganalyzer.config import ConfigError, StageConfig, parse_config
@@ -97,99 +99,104 @@ class _FileStats:
         self.rejects.append({"source": source, "reason": reason, **extra})
 
 
-def _read_lines(path: Path, cfg: ChunkConfig, stats: _FileStats) -> Iterator[list[str]]:
-    """Yield lists of decoded lines (no line terminators), block by block; memory bounded by the block size."""
+def _read_blocks(path: Path, cfg: ChunkConfig, stats: _FileStats) -> Iterator[tuple[bytes, np.ndarray]]:
+    """Yield ``(data, ends)`` block by block: ``data`` holds complete lines, each ending in ``\\n``, CRLF already
+    turned into LF and lines cut to ``max_line_bytes``; ``ends`` are the offsets of its ``\\n`` bytes.
+
+    Everything per block runs in C or numpy (no Python object per line), which keeps chunking near
+    line-reading speed; memory is bounded by the 1 MiB block and ``max_line_bytes``.
+    """
     opener = gzip.open if path.name.endswith(".gz") else open
     source = str(path)
     with opener(path, "rb") as fh:
-        carry = b""
-        overflow = 0  # bytes dropped from the line currently in `carry`
+        carry = b""  # the start of a line whose end is not read yet (at most max_line_bytes)
+        overflow = 0  # bytes of that line beyond max_line_bytes, dropped
         line_no = 0
-        first = True
-        while True:
-            block = fh.read(BLOCK_BYTES)
-            if first:
-                first = False
-                if not block:
-                    stats.reject(source, "empty: file has no bytes")
-                    return
-                if b"\x00" in block[:8192]:
-                    stats.reject(source, "binary: NUL bytes in the first 8 KiB; not a text log")
-                    return
-            if not block:
-                if carry or overflow:
-                    yield _decode([carry], line_no, source, cfg, stats, [overflow])
-                return
-            cut = block.rfind(b"\n")
-            if cut < 0:  # no line end in this block: the current line keeps growing
-                room = cfg.max_line_bytes - len(carry)
-                if room > 0:
-                    carry += block[:room]
-                overflow += max(0, len(block) - max(room, 0))
+        block = fh.read(BLOCK_BYTES)
+        if not block:
+            stats.reject(source, "empty: file has no bytes")
+            return
+        if b"\x00" in block[:8192]:
+            stats.reject(source, "binary: NUL bytes in the first 8 KiB; not a text log")
+            return
+        while block or carry or overflow:
+            cut = block.rfind(b"\n") if block else len(block)
+            if block and cut < 0:  # no line end in this block: the current line keeps growing
+                room = max(0, cfg.max_line_bytes - len(carry))
+                carry += block[:room]
+                overflow += len(block) - min(room, len(block))
+                block = fh.read(BLOCK_BYTES)
                 continue
-            raw_lines = (carry + block[: cut + 1]).split(b"\n")[:-1]
-            overflows = [0] * len(raw_lines)
-            overflows[0] = overflow
-            carry, overflow = block[cut + 1:], 0
+            data = carry + block[: cut + 1] if block else carry + b"\n"  # the last line may lack its \n
+            first_overflow, carry, overflow = overflow, block[cut + 1:] if block else b"", 0
             if len(carry) > cfg.max_line_bytes:
                 overflow, carry = len(carry) - cfg.max_line_bytes, carry[: cfg.max_line_bytes]
-            yield _decode(raw_lines, line_no, source, cfg, stats, overflows)
-            line_no += len(raw_lines)
+            if b"\r" in data:
+                a = np.frombuffer(data, np.uint8)
+                cr = np.flatnonzero(a == 13)  # never the last byte: data ends with \n
+                data = data.translate(None, b"\r") if (a[cr + 1] == 10).all() else data.replace(b"\r\n", b"\n")
+            ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 10)
+            lengths = np.diff(ends, prepend=-1) - 1
+            if first_overflow or lengths.max() > cfg.max_line_bytes:
+                data, ends = _truncate_lines(data, ends, lengths, first_overflow, line_no, source, cfg, stats)
+            yield data, ends
+            line_no += len(ends)
+            block = fh.read(BLOCK_BYTES) if block else b""
 
 
-def _decode(raw_lines: list[bytes], line_no: int, source: str, cfg: ChunkConfig, stats: _FileStats,
-            overflows: list[int]) -> list[str]:
+def _truncate_lines(data: bytes, ends: np.ndarray, lengths: np.ndarray, first_overflow: int, line_no: int,
+                    source: str, cfg: ChunkConfig, stats: _FileStats) -> tuple[bytes, np.ndarray]:
+    """Cut lines longer than ``max_line_bytes`` (at a UTF-8 character boundary) and record each as a reject."""
+    lines = data.split(b"\n")[:-1]
+    for i in np.flatnonzero(lengths > cfg.max_line_bytes).tolist() + ([0] if first_overflow else []):
+        raw = lines[i]
+        dropped = max(0, len(raw) - cfg.max_line_bytes) + (first_overflow if i == 0 else 0)
+        if len(raw) > cfg.max_line_bytes:
+            lines[i] = raw[: cfg.max_line_bytes].decode("utf-8", errors="ignore").encode("utf-8")
+        stats.reject(source, f"line_truncated: line longer than max_line_bytes={cfg.max_line_bytes}",
+                     line=line_no + i + 1, bytes_dropped=dropped)
+    data = b"\n".join(lines) + b"\n"
+    return data, np.flatnonzero(np.frombuffer(data, np.uint8) == 10)
+
+
+def _decode(raw: bytes, first_line: int, source: str, stats: _FileStats) -> str:
+    """UTF-8 text of a chunk; invalid bytes become U+FFFD, counted per line (first one logged)."""
     try:
-        text = b"\n".join(raw_lines).decode("utf-8")
-        if "\r" in text:  # CRLF -> LF; the block's last line has its "\r" but no "\n" after the join
-            text = text.replace("\r\n", "\n")
-        lines = text.split("\n")
-        if lines[-1].endswith("\r"):
-            lines[-1] = lines[-1][:-1]
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
-        lines = []
-        for i, raw in enumerate(raw_lines):
-            raw = raw[:-1] if raw.endswith(b"\r") else raw
-            try:
-                lines.append(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                lines.append(raw.decode("utf-8", errors="replace"))
-                stats.counts["non_utf8_lines"] += 1
-                if stats.counts["non_utf8_lines"] == 1:
-                    log.warning("%s:%d: not valid UTF-8; invalid bytes replaced with U+FFFD (counted)",
-                                source, line_no + i + 1)
-    longest = max(map(len, raw_lines)) if raw_lines else 0
-    if longest >= cfg.max_line_bytes or any(overflows):
-        for i, raw in enumerate(raw_lines):
-            if len(raw) > cfg.max_line_bytes or overflows[i]:
-                dropped = overflows[i] + max(0, len(raw) - cfg.max_line_bytes)
-                lines[i] = lines[i][: cfg.max_line_bytes]
-                stats.reject(source, f"line_truncated: line longer than max_line_bytes={cfg.max_line_bytes}",
-                             line=line_no + i + 1, bytes_dropped=dropped)
-    return lines
+        pass
+    lines = []
+    for i, line in enumerate(raw.split(b"\n")):
+        try:
+            lines.append(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            lines.append(line.decode("utf-8", errors="replace"))
+            stats.counts["non_utf8_lines"] += 1
+            if stats.counts["non_utf8_lines"] == 1:
+                log.warning("%s:%d: not valid UTF-8; invalid bytes replaced with U+FFFD (counted)",
+                            source, first_line + i)
+    return "\n".join(lines)
 
 
 def chunk_file(path: Path, cfg: ChunkConfig, stats: _FileStats) -> Iterator[dict]:
     """Yield the chunks of one file following the module's tail rule."""
     system = system_name(path)
     rng = random.Random(f"{cfg.seed}:{path.name}")
-    buf: list[str] = []
-    start = 1  # 1-based line number of buf[0]
+    pend = b""  # lines read but not all emitted; pend[off:] starts at line `start`
+    ends = np.empty(0, dtype=np.int64)  # offsets in `pend` of each line's \n; ends[li:] are pending
+    off = li = 0
+    start = 1
     emitted = 0
     target = rng.randint(cfg.min_lines, cfg.max_lines)
+    id_prefix, source = f"{system}-{path.name}-L", str(path)
 
     def emit(n: int) -> dict:
-        nonlocal buf, start, emitted
-        lines, buf = buf[:n], buf[n:]
-        chunk = {
-            "id": f"{system}-{path.name}-L{start}",
-            "system": system,
-            "source": str(path),
-            "start_line": start,
-            "end_line": start + n - 1,
-            "num_lines": n,
-            "content": "\n".join(lines),
-        }
+        nonlocal off, li, start, emitted
+        last = int(ends[li + n - 1])
+        content = _decode(pend[off:last], start, source, stats)
+        off, li = last + 1, li + n
+        chunk = {"id": f"{id_prefix}{start}", "system": system, "source": source, "start_line": start,
+                 "end_line": start + n - 1, "num_lines": n, "content": content}
         start += n
         emitted += 1
         return chunk
@@ -197,19 +204,21 @@ def chunk_file(path: Path, cfg: ChunkConfig, stats: _FileStats) -> Iterator[dict
     def limit_reached() -> bool:
         return cfg.max_chunks_per_file is not None and emitted >= cfg.max_chunks_per_file
 
-    for lines in _read_lines(path, cfg, stats):
-        buf.extend(lines)
-        while len(buf) >= target + cfg.max_lines and not limit_reached():
+    for data, new_ends in _read_blocks(path, cfg, stats):
+        rest = pend[off:]
+        ends = np.concatenate((ends[li:] - off, new_ends + len(rest)))
+        pend, off, li = rest + data, 0, 0
+        while len(ends) - li >= target + cfg.max_lines and not limit_reached():
             yield emit(target)
             target = rng.randint(cfg.min_lines, cfg.max_lines)
         if limit_reached():
             stats.counts["files_stopped_at_max_chunks"] += 1
-            stats.reject(str(path), f"max_chunks_per_file: stopped after {emitted} chunks",
+            stats.reject(source, f"max_chunks_per_file: stopped after {emitted} chunks",
                          first_line_not_chunked=start)
             return
     # End of file: at most target + max_lines - 1 lines remain.
-    while buf and not limit_reached():
-        r = len(buf)
+    while len(ends) > li and not limit_reached():
+        r = len(ends) - li
         if r >= target + cfg.min_lines:
             yield emit(target)
             target = rng.randint(cfg.min_lines, cfg.max_lines)
@@ -217,18 +226,17 @@ def chunk_file(path: Path, cfg: ChunkConfig, stats: _FileStats) -> Iterator[dict
             yield emit(r)
         elif r > cfg.max_lines and r >= 2 * cfg.min_lines:
             yield emit(r - r // 2)
-            yield emit(len(buf))
+            yield emit(r // 2)
         elif r > cfg.max_lines:
             yield emit(cfg.max_lines)
         else:
             reason = "file_too_short" if emitted == 0 else "tail_unsplittable"
             stats.counts["lines_dropped"] += r
-            stats.reject(str(path), f"{reason}: {r} lines left, fewer than min_lines={cfg.min_lines}",
+            stats.reject(source, f"{reason}: {r} lines left, fewer than min_lines={cfg.min_lines}",
                          start_line=start, end_line=start + r - 1)
-            buf = []
-    if buf:
-        stats.reject(str(path), f"max_chunks_per_file: stopped after {emitted} chunks",
-                     first_line_not_chunked=start)
+            li = len(ends)
+    if len(ends) > li:
+        stats.reject(source, f"max_chunks_per_file: stopped after {emitted} chunks", first_line_not_chunked=start)
 
 
 def run(cfg: ChunkConfig) -> dict:

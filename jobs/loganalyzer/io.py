@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 
 def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> Iterator[dict[str, Any]]:
@@ -15,13 +16,13 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> Iterator[dic
     Raises ValueError naming ``path:line`` for invalid JSON, a row that is not an object, or a row missing
     one of the ``required`` keys.
     """
-    with open(path, encoding="utf-8") as fh:
+    with open(path, "rb") as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
@@ -32,7 +33,7 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> Iterator[dic
 
 
 class JsonlWriter:
-    """Write JSON Lines atomically: rows go to ``<path>.tmp`` which replaces ``path`` on a clean close.
+    """Write JSON Lines (UTF-8, ``orjson``) atomically: rows go to ``<path>.tmp`` which replaces ``path`` on a clean close.
 
     With ``append=True`` rows are appended and flushed+fsynced per ``flush_every`` rows instead (used for
     resumable outputs, where a crash must keep what was written).
@@ -44,11 +45,11 @@ class JsonlWriter:
         self.append = append
         self.flush_every = flush_every
         self._target = self.path if append else self.path.with_name(self.path.name + ".tmp")
-        self._fh = open(self._target, "a" if append else "w", encoding="utf-8")
+        self._fh = open(self._target, "ab" if append else "wb")
         self.count = 0
 
     def write(self, row: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._fh.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY))
         self.count += 1
         if self.append and self.count % self.flush_every == 0:
             self._fh.flush()

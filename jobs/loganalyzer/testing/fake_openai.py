@@ -12,13 +12,13 @@ Not for production: it exists so that retries, validation and resume are tested 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
 import threading
 import time
 from collections import defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 DEFAULT_SCHEDULE: list[list[str]] = [[], ["429"], ["500", "500"], ["timeout"], ["malformed"], ["bad_body"],
                                      ["429", "malformed"], []]
@@ -41,14 +41,14 @@ def _reply_for(prompt: str) -> str:
             f"It ends with: {lines[-1][:100]}.")
 
 
-class _QuietServer(ThreadingHTTPServer):
-    def handle_error(self, request, client_address) -> None:  # clients that time out hang up: expected
-        pass
+_REASONS = {200: "OK", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error"}
 
 
 class FakeOpenAI:
     """Run the server on ``127.0.0.1:<port>`` in a background thread (``port=0`` picks a free one).
 
+    One asyncio event loop serves every connection (HTTP/1.1 keep-alive), so hundreds of concurrent requests
+    with latency cost almost no CPU and the server is never the bottleneck of a client benchmark.
     Attributes: ``base_url`` (``http://127.0.0.1:<port>/v1``), ``requests`` (count), ``attempts`` (per prompt
     key), ``times`` (per prompt key: arrival timestamps, to check backoff), ``max_in_flight``.
     """
@@ -61,103 +61,103 @@ class FakeOpenAI:
         self.timeout_sleep_s = timeout_sleep_s
         self.retry_after_ms = retry_after_ms
         self.model = model
-        self.lock = threading.Lock()
+        self.port = port
         self.requests = 0
         self.in_flight = 0
         self.max_in_flight = 0
         self.attempts: dict[str, int] = defaultdict(int)
         self.times: dict[str, list[float]] = defaultdict(list)
-        self._server = _QuietServer(("127.0.0.1", port), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        return f"http://127.0.0.1:{self.port}/v1"
 
-    def __enter__(self) -> FakeOpenAI:
+    def __enter__(self) -> "FakeOpenAI":
         self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("fake OpenAI server did not start")
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._connection, "127.0.0.1", self.port))
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+        server.close()
 
     def _fault(self, key: str) -> str:
-        with self.lock:
-            n = self.attempts[key]
-            self.attempts[key] += 1
-            self.times[key].append(time.monotonic())
+        n = self.attempts[key]  # one event loop: no lock needed
+        self.attempts[key] += 1
+        self.times[key].append(time.monotonic())
         h = int(hashlib.sha256(key.encode()).hexdigest(), 16)
         plan = self.schedule[h % len(self.schedule)]
         return plan[n] if n < len(plan) else "ok"
 
-    def _handler(self):
-        fake = self
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
+                body = await reader.readexactly(int(headers.get("content-length", 0)))
+                code, payload, extra = await self._respond(method, path, body)
+                status = f"HTTP/1.1 {code} {_REASONS.get(code, '')}\r\n"
+                hdrs = {"Content-Type": "application/json", "Content-Length": str(len(payload)), **extra}
+                writer.write((status + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n").encode()
+                             + payload)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass  # the client closed the connection (or timed out and went away)
+        finally:
+            writer.close()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    async def _respond(self, method: str, path: str, body: bytes) -> tuple[int, bytes, dict[str, str]]:
+        if method == "GET":
+            if path.rstrip("/").endswith("/models"):
+                return 200, json.dumps({"object": "list", "data": [
+                    {"id": self.model, "object": "model", "owned_by": "fake"}]}).encode(), {}
+            return 404, b'{"error": {"message": "not found"}}', {}
+        self.requests += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._complete(json.loads(body))
+        finally:
+            self.in_flight -= 1
 
-            def log_message(self, *args) -> None:  # keep test output clean
-                pass
-
-            def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self) -> None:
-                if self.path.rstrip("/").endswith("/models"):
-                    self._send(200, json.dumps({"object": "list", "data": [
-                        {"id": fake.model, "object": "model", "owned_by": "fake"}]}).encode())
-                else:
-                    self._send(404, b'{"error": {"message": "not found"}}')
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                with fake.lock:
-                    fake.requests += 1
-                    fake.in_flight += 1
-                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
-                try:
-                    self._complete(body)
-                finally:
-                    with fake.lock:
-                        fake.in_flight -= 1
-
-            def _complete(self, body: dict) -> None:
-                prompt = body["messages"][-1]["content"]
-                fault = fake._fault(prompt)
-                if fake.latency_s:
-                    time.sleep(fake.latency_s)
-                if fault == "429":
-                    return self._send(429, b'{"error": {"message": "rate limited", "type": "rate_limit"}}',
-                                      {"Retry-After-Ms": str(fake.retry_after_ms)})
-                if fault == "500":
-                    return self._send(500, b'{"error": {"message": "internal error"}}')
-                if fault == "timeout":
-                    time.sleep(fake.timeout_sleep_s)
-                if fault == "bad_body":
-                    return self._send(200, b'{"id": "x", "choices": [ this is not json')
-                content = _reply_for(prompt)
-                if fault == "malformed":
-                    content = content[: len(content) // 2] if content.startswith("{") else ""
-                resp = {"id": f"chatcmpl-{fake.requests}", "object": "chat.completion",
-                        "created": int(time.time()), "model": body.get("model", fake.model),
-                        "choices": [{"index": 0, "finish_reason": "stop",
-                                     "message": {"role": "assistant", "content": content}}],
-                        "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(content) // 4,
-                                  "total_tokens": (len(prompt) + len(content)) // 4}}
-                try:
-                    self._send(200, json.dumps(resp).encode())
-                except (BrokenPipeError, ConnectionResetError):  # the client timed out and went away
-                    pass
-
-        return Handler
+    async def _complete(self, body: dict) -> tuple[int, bytes, dict[str, str]]:
+        prompt = body["messages"][-1]["content"]
+        fault = self._fault(prompt)
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        if fault == "429":
+            return (429, b'{"error": {"message": "rate limited", "type": "rate_limit"}}',
+                    {"Retry-After-Ms": str(self.retry_after_ms)})
+        if fault == "500":
+            return 500, b'{"error": {"message": "internal error"}}', {}
+        if fault == "timeout":
+            await asyncio.sleep(self.timeout_sleep_s)
+        if fault == "bad_body":
+            return 200, b'{"id": "x", "choices": [ this is not json', {}
+        content = _reply_for(prompt)
+        if fault == "malformed":
+            content = content[: len(content) // 2] if content.startswith("{") else ""
+        resp = {"id": f"chatcmpl-{self.requests}", "object": "chat.completion", "created": int(time.time()),
+                "model": body.get("model", self.model),
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": content}}],
+                "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(content) // 4,
+                          "total_tokens": (len(prompt) + len(content)) // 4}}
+        return 200, json.dumps(resp).encode(), {}
 
 
 def main(argv: list[str] | None = None) -> None:

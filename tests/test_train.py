@@ -120,3 +120,18 @@ def test_recipes_validate_and_carry_the_seed_hyperparameters():
     for path in CONFIGS.glob("*.yaml"):
         assert path.read_text().startswith("#") and "loganalyzer.train" in path.read_text() or \
             "loganalyzer train" in path.read_text(), f"{path.name} must open with its launch command"
+
+
+def test_batched_cpt_tokenization_matches_trls_per_example_path(tiny_env):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from loganalyzer.train import pretokenize_text
+
+    tok = AutoTokenizer.from_pretrained(tiny_env["model"])
+    texts = [f"Human: q{i}\nAssistant: {'x ' * i}\n" for i in range(2500)] + ["ends with eos" + tok.eos_token]
+    out = pretokenize_text(Dataset.from_dict({"text": texts}), tok)
+    for i in (0, 1, 999, 1000, 2499, 2500):
+        text = texts[i] if texts[i].endswith(tok.eos_token) else texts[i] + tok.eos_token
+        assert out[i]["input_ids"] == tok(text)["input_ids"]  # what TRL's add_eos + tokenize produce
+    assert out.column_names == ["input_ids", "labels"] and out[5]["labels"] == out[5]["input_ids"]

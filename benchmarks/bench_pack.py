@@ -12,8 +12,8 @@ Usage: ``python benchmarks/bench_pack.py [--texts 2000] [--max-length 8192] [--n
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -29,8 +29,8 @@ def main() -> None:
     ap.add_argument("--num-proc", type=int, default=os.cpu_count(), help="dataset_num_proc of the recipe")
     args = ap.parse_args()
     import datasets
-
-    from loganalyzer.chunk import ChunkConfig, run as chunk
+    from loganalyzer.chunk import ChunkConfig
+    from loganalyzer.chunk import run as chunk
     from loganalyzer.config import load_yaml
     from loganalyzer.io import read_jsonl
     from loganalyzer.steps import resolve_recipe

@@ -33,7 +33,8 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> Iterator[dic
 
 
 class JsonlWriter:
-    """Write JSON Lines (UTF-8, ``orjson``) atomically: rows go to ``<path>.tmp`` which replaces ``path`` on a clean close.
+    """Write JSON Lines (UTF-8, ``orjson``) atomically: rows go to ``<path>.tmp``, which replaces ``path`` on a
+    clean close.
 
     With ``append=True`` rows are appended and each is flushed to the OS at once (resumable outputs: a killed
     process keeps every row written; ``fsync`` on close guards against a machine crash too).

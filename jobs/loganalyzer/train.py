@@ -282,7 +282,8 @@ def build_trainer(cfg: TrainConfig):
         deepspeed=deepspeed_config_path(cfg.deepspeed), use_liger_kernel=liger_enabled(cfg),
         logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         eval_strategy="steps" if evalset is not None else "no", eval_steps=cfg.eval_steps or cfg.save_steps,
-        dataloader_num_workers=cfg.dataloader_num_workers, dataset_num_proc=cfg.dataset_num_proc, report_to=cfg.report_to, run_name=cfg.run_name,
+        dataloader_num_workers=cfg.dataloader_num_workers, dataset_num_proc=cfg.dataset_num_proc,
+        report_to=cfg.report_to, run_name=cfg.run_name,
         include_num_input_tokens_seen=True, use_cpu=not use_gpu,
     )
     peft_config = None

@@ -134,3 +134,12 @@ def test_batched_cpt_tokenization_matches_trls_per_example_path(tiny_env):
         text = texts[i] if texts[i].endswith(tok.eos_token) else texts[i] + tok.eos_token
         assert out[i]["input_ids"] == tok(text)["input_ids"]  # what TRL's add_eos + tokenize produce
     assert out.column_names == ["input_ids", "labels"] and out[5]["labels"] == out[5]["input_ids"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_cpt_two_bf16_steps_on_gpu(tiny_env, tmp_path):
+    metrics = run(_recipe("cpt_tiny_cpu", model_name_or_path=str(tiny_env["model"]), bf16=True,
+                          train_file=str(tiny_env["datasets"] / "cpt_train.jsonl"), output_dir=str(tmp_path / "g"),
+                          max_steps=2, report_to=["none"]))
+    assert math.isfinite(metrics["train_loss"])

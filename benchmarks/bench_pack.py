@@ -29,11 +29,11 @@ def main() -> None:
     ap.add_argument("--num-proc", type=int, default=os.cpu_count(), help="dataset_num_proc of the recipe")
     args = ap.parse_args()
     import datasets
+
     from loganalyzer.chunk import ChunkConfig
     from loganalyzer.chunk import run as chunk
-    from loganalyzer.config import load_yaml
+    from loganalyzer.config import config_file, load_yaml
     from loganalyzer.io import read_jsonl
-    from loganalyzer.steps import resolve_recipe
     from loganalyzer.tiny_model import TinyModelConfig, build
     from loganalyzer.train import TrainConfig, build_trainer
 
@@ -51,7 +51,7 @@ def main() -> None:
         t0 = time.perf_counter()
         tokens = sum(len(e.ids) for e in backend.encode_batch(texts))
         raw_s = time.perf_counter() - t0
-        cfg = TrainConfig(**{**load_yaml(resolve_recipe("cpt_tiny_cpu")), "model_name_or_path": str(model),
+        cfg = TrainConfig(**{**load_yaml(config_file("cpt_tiny_cpu")), "model_name_or_path": str(model),
                              "train_file": str(tmp / "cpt.jsonl"), "output_dir": str(tmp / "out"),
                              "max_length": args.max_length, "report_to": ["none"],
                              "dataset_num_proc": args.num_proc})

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _common import report
+
 from loganalyzer.serve import free_port
 from loganalyzer.synthesize import SynthesizeConfig, run
 

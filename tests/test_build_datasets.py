@@ -2,6 +2,7 @@ import json
 
 import pytest
 from conftest import LOGHUB, loghub_file
+
 from loganalyzer.build_datasets import BuildDatasetsConfig, loghub_template_qa, run, split_chunks
 from loganalyzer.io import read_jsonl
 from loganalyzer.prompts import load_prompts

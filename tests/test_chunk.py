@@ -3,6 +3,7 @@ import json
 
 import pytest
 from conftest import loghub_file
+
 from loganalyzer.chunk import ChunkConfig, _FileStats, chunk_file, main, run, system_name
 from loganalyzer.io import read_jsonl
 

@@ -1,6 +1,7 @@
 import pytest
-from loganalyzer.config import StageConfig, parse_config
 from pydantic import Field
+
+from loganalyzer.config import StageConfig, parse_config
 
 
 class Cfg(StageConfig):

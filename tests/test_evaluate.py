@@ -1,6 +1,7 @@
 import json
 
 import pytest
+
 from loganalyzer.evaluate import EvaluateConfig, prompt_and_reference, run
 from loganalyzer.metrics import METRICS
 from loganalyzer.testing.fake_openai import FakeOpenAI

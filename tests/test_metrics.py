@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import sacrebleu
+
 from loganalyzer.metrics import METRICS, main, paired_bootstrap, per_sample, score
 
 

@@ -2,6 +2,7 @@ import json
 
 import pytest
 from conftest import loghub_file
+
 from loganalyzer.demo import DemoConfig, run
 from loganalyzer.metrics import METRICS
 

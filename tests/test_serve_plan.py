@@ -2,6 +2,7 @@ import json
 
 import pytest
 from conftest import ROOT
+
 from loganalyzer.plan import PlanConfig, plan
 from loganalyzer.serve import local_server
 

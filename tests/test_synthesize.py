@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 from conftest import loghub_file
+
 from loganalyzer.chunk import ChunkConfig
 from loganalyzer.chunk import run as run_chunk
 from loganalyzer.io import read_jsonl

@@ -6,6 +6,7 @@ import urllib.request
 
 import pytest
 from conftest import loghub_file
+
 from loganalyzer import tracking
 from loganalyzer.chunk import ChunkConfig
 from loganalyzer.chunk import run as chunk

@@ -3,6 +3,7 @@ import math
 from pathlib import Path
 
 import pytest
+
 from loganalyzer.config import load_yaml
 from loganalyzer.train import TrainConfig, _callbacks, run, training_chat_template
 
@@ -124,8 +125,9 @@ def test_recipes_validate_and_carry_the_seed_hyperparameters():
 
 def test_batched_cpt_tokenization_matches_trls_per_example_path(tiny_env):
     from datasets import Dataset
-    from loganalyzer.train import pretokenize_text
     from transformers import AutoTokenizer
+
+    from loganalyzer.train import pretokenize_text
 
     tok = AutoTokenizer.from_pretrained(tiny_env["model"])
     texts = [f"Human: q{i}\nAssistant: {'x ' * i}\n" for i in range(2500)] + ["ends with eos" + tok.eos_token]

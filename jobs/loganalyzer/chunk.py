@@ -27,7 +27,7 @@ import logging
 import random
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +99,8 @@ class _FileStats:
         self.rejects.append({"source": source, "reason": reason, **extra})
 
 
-def _read_blocks(path: Path, cfg: ChunkConfig, stats: _FileStats) -> Iterator[tuple[bytes, np.ndarray]]:
+def _read_blocks(path: Path, cfg: ChunkConfig, stats: _FileStats,
+                 progress: Callable[[int], object] | None = None) -> Iterator[tuple[bytes, np.ndarray]]:
     """Yield ``(data, ends)`` block by block: ``data`` holds complete lines, each ending in ``\\n``, CRLF already
     turned into LF and lines cut to ``max_line_bytes``; ``ends`` are the offsets of its ``\\n`` bytes.
 
@@ -139,6 +140,8 @@ def _read_blocks(path: Path, cfg: ChunkConfig, stats: _FileStats) -> Iterator[tu
             lengths = np.diff(ends, prepend=-1) - 1
             if first_overflow or lengths.max() > cfg.max_line_bytes:
                 data, ends = _truncate_lines(data, ends, lengths, first_overflow, line_no, source, cfg, stats)
+            if progress:
+                progress(len(block))
             yield data, ends
             line_no += len(ends)
             block = fh.read(BLOCK_BYTES) if block else b""
@@ -178,8 +181,9 @@ def _decode(raw: bytes, first_line: int, source: str, stats: _FileStats) -> str:
     return "\n".join(lines)
 
 
-def chunk_file(path: Path, cfg: ChunkConfig, stats: _FileStats) -> Iterator[dict]:
-    """Yield the chunks of one file following the module's tail rule."""
+def chunk_file(path: Path, cfg: ChunkConfig, stats: _FileStats,
+               progress: Callable[[int], object] | None = None) -> Iterator[dict]:
+    """Yield the chunks of one file following the module's tail rule; ``progress(n)`` gets bytes read."""
     system = system_name(path)
     rng = random.Random(f"{cfg.seed}:{path.name}")
     pend = b""  # lines read but not all emitted; pend[off:] starts at line `start`
@@ -204,7 +208,7 @@ def chunk_file(path: Path, cfg: ChunkConfig, stats: _FileStats) -> Iterator[dict
     def limit_reached() -> bool:
         return cfg.max_chunks_per_file is not None and emitted >= cfg.max_chunks_per_file
 
-    for data, new_ends in _read_blocks(path, cfg, stats):
+    for data, new_ends in _read_blocks(path, cfg, stats, progress):
         rest = pend[off:]
         ends = np.concatenate((ends[li:] - off, new_ends + len(rest)))
         pend, off, li = rest + data, 0, 0
@@ -247,10 +251,12 @@ def run(cfg: ChunkConfig) -> dict:
     per_system: Counter[str] = Counter()
     from tqdm import tqdm
 
-    with JsonlWriter(cfg.out) as out:
-        for path in tqdm(files, desc="chunk", unit="file", disable=len(files) < 2):
+    # Bytes read (decompressed for .gz, so the bar may pass 100% of the on-disk size there).
+    bar = tqdm(total=sum(p.stat().st_size for p in files), desc="chunk", unit="B", unit_scale=True)
+    with JsonlWriter(cfg.out) as out, bar:
+        for path in files:
             n_before = out.count
-            for chunk in chunk_file(path, cfg, stats):
+            for chunk in chunk_file(path, cfg, stats, bar.update):
                 out.write(chunk)
                 per_system[chunk["system"]] += 1
                 stats.counts["lines_chunked"] += chunk["num_lines"]

@@ -19,6 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 EXIT_USAGE = 2
+# jobs/configs: recipes, deepspeed/ and models/ (next to the package in a checkout and in the job images).
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 class StageConfig(BaseModel):
@@ -58,6 +60,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a YAML mapping of keys to values, got {type(data).__name__}")
     return data
+
+
+def config_file(name: str, subdir: str = "", suffix: str = ".yaml") -> Path:
+    """A file given by path, or by name (with or without ``suffix``) in ``jobs/configs/<subdir>``.
+
+    Raises ConfigError naming both places when neither holds it.
+    """
+    base = CONFIGS_DIR / subdir
+    for candidate in (Path(name), base / name, base / f"{name}{suffix}"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"{name!r} not found: neither a file nor a name in {base}")
 
 
 def _check_keys(cls: type[StageConfig], keys: typing.Iterable[str], where: str) -> None:

@@ -21,9 +21,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from loganalyzer.config import ConfigError, StageConfig, load_yaml, parse_config
+from loganalyzer.config import ConfigError, StageConfig, config_file, load_yaml, parse_config
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "configs" / "models"
 KNOWN_CONFIGS = {"meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b-instruct.json",
                  "meta-llama/Llama-3.1-8B": "llama-3.1-8b-instruct.json"}
 GiB = 2**30
@@ -48,7 +47,7 @@ def model_config_file(model: str, override: str | None) -> Path:
     if override:
         p = Path(override)
     elif model in KNOWN_CONFIGS:
-        p = MODELS_DIR / KNOWN_CONFIGS[model]
+        p = config_file(KNOWN_CONFIGS[model], "models")
     else:
         p = Path(model) / "config.json"
     if not p.is_file():

@@ -13,11 +13,8 @@ import logging
 import os
 from pathlib import Path
 
-from loganalyzer.config import ConfigError
-
 log = logging.getLogger("loganalyzer.steps")
 
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 TINY = "tiny"
 
 
@@ -31,14 +28,6 @@ def use_tracking(tracking_uri: str, experiment: str, parent_run_id: str) -> None
                        (PARENT_ENV, parent_run_id)):
         if value:
             os.environ[key] = value
-
-
-def resolve_recipe(recipe: str) -> Path:
-    """A recipe path, or a name in ``jobs/configs`` (``sft_lora`` -> ``jobs/configs/sft_lora.yaml``)."""
-    for candidate in (Path(recipe), CONFIGS_DIR / recipe, CONFIGS_DIR / f"{recipe}.yaml"):
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(f"recipe {recipe!r} not found (a path, or a name in {CONFIGS_DIR})")
 
 
 def start(run_name: str, params: dict, tracking_uri: str, experiment: str) -> str:
@@ -117,10 +106,10 @@ def build_datasets(chunks: str, synth: str, run_dir: str, tokenizer: str, nlplog
 
 def train(recipe: str, model: str, train_file: str, eval_file: str, output_dir: str, overrides: dict) -> str:
     """Run a recipe in this process with the step's paths (and ``overrides``) set; return the model dir."""
-    from loganalyzer.config import load_yaml
+    from loganalyzer.config import config_file, load_yaml
     from loganalyzer.train import TrainConfig, run
 
-    values = {**load_yaml(resolve_recipe(recipe)), **overrides, "model_name_or_path": model,
+    values = {**load_yaml(config_file(recipe)), **overrides, "model_name_or_path": model,
               "train_file": train_file, "output_dir": output_dir}
     if eval_file:
         values["eval_file"] = eval_file

@@ -32,7 +32,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from loganalyzer.config import ConfigError, StageConfig, parse_config
+from loganalyzer.config import ConfigError, StageConfig, config_file, parse_config
 
 log = logging.getLogger("loganalyzer.train")
 
@@ -85,14 +85,8 @@ class TrainConfig(StageConfig):
 
 
 def deepspeed_config_path(value: str | None) -> str | None:
-    """Resolve ``deepspeed``: an existing path, or a file name in the packaged ``jobs/configs/deepspeed``."""
-    if value is None or Path(value).is_file():
-        return value
-    for base in (Path(__file__).resolve().parents[1] / "configs" / "deepspeed", Path.cwd() / "jobs/configs/deepspeed"):
-        candidate = base / (value if value.endswith(".json") else value + ".json")
-        if candidate.is_file():
-            return str(candidate)
-    raise ConfigError(f"deepspeed: {value!r} is neither a file nor a config in jobs/configs/deepspeed")
+    """Resolve ``deepspeed``: a path, or a name in ``jobs/configs/deepspeed`` (``zero3``)."""
+    return None if value is None else str(config_file(value, "deepspeed", ".json"))
 
 
 def _on_gpu() -> bool:

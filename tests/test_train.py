@@ -145,3 +145,32 @@ def test_cpt_two_bf16_steps_on_gpu(tiny_env, tmp_path):
                           train_file=str(tiny_env["datasets"] / "cpt_train.jsonl"), output_dir=str(tmp_path / "g"),
                           max_steps=2, report_to=["none"]))
     assert math.isfinite(metrics["train_loss"])
+
+
+CHATML = ("{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '\\n' + m['content'] + '<|eot_id|>\\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant\\n' }}{% endif %}")
+
+
+@pytest.mark.integration
+def test_sft_with_an_unpatchable_template_trains_on_the_last_turn(tiny_env, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from loganalyzer.train import LAST_TURN, build_trainer
+
+    model = tmp_path / "chatml"
+    shutil.copytree(tiny_env["model"], model)
+    tok = AutoTokenizer.from_pretrained(model)
+    tok.chat_template = CHATML
+    tok.save_pretrained(model)
+    assert training_chat_template(tok) == LAST_TURN
+    cfg = _recipe("sft_tiny_cpu", model_name_or_path=str(model), output_dir=str(tmp_path / "o"), max_steps=1,
+                  train_file=str(tiny_env["datasets"] / "sft_train.jsonl"), report_to=["none"])
+    trainer, _, original = build_trainer(cfg)
+    assert original == CHATML
+    row = trainer.train_dataset[0]
+    learned = [i for i, t in enumerate(row["labels"]) if t != -100]
+    # The prompt (with the log) is masked out; the answer, at the end, is learned.
+    assert learned and learned[-1] == len(row["input_ids"]) - 1 and learned[0] > len(row["input_ids"]) // 2
+    trainer.train()

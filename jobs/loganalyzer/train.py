@@ -107,24 +107,40 @@ def liger_enabled(cfg: TrainConfig) -> bool:
     return bool(cfg.use_liger_kernel)
 
 
-def training_chat_template(tokenizer) -> str | None:
-    """A chat template with ``{% generation %}`` markers for assistant-only loss, or None if the tokenizer's has them.
+LAST_TURN = "last_turn"
 
-    Uses TRL's patched templates; for Llama 3.1 (which TRL does not patch) the packaged
-    ``llama3_1_training.jinja``, which renders identically for system/user/assistant messages.
-    Raises ConfigError for an unsupported template.
+
+def training_chat_template(tokenizer) -> str | None:
+    """How SFT masks the loss for this tokenizer's chat template.
+
+    Returns a template with ``{% generation %}`` markers for assistant-only loss over every assistant turn: the
+    tokenizer's own when it has markers (returned as is), TRL's patched one for the templates TRL knows, or for
+    Llama 3.1 (which TRL does not patch) the packaged ``llama3_1_training.jinja``, which renders identically for
+    system/user/assistant messages. Returns ``LAST_TURN`` for any other template: samples then train as
+    prompt/completion pairs (TRL's completion-only loss), so only each sample's final assistant turn is learned.
+    Raises ConfigError when the tokenizer has no chat template at all.
     """
     from trl.chat_template_utils import get_training_chat_template, llama3_1_chat_template
 
     template = tokenizer.chat_template
-    if template and "{% generation %}" in template.replace("{%- generation %}", "{% generation %}"):
-        return None
+    if not template:
+        raise ConfigError("SFT needs a tokenizer with a chat template (tokenizer_config.json: chat_template)")
+    if "{% generation %}" in template.replace("{%- generation %}", "{% generation %}"):
+        return template
     if template == llama3_1_chat_template:
         return resources.files("loganalyzer.chat_templates").joinpath("llama3_1_training.jinja").read_text()
     try:
-        return get_training_chat_template(tokenizer)
-    except ValueError as exc:
-        raise ConfigError(f"SFT needs a chat template with {{% generation %}} markers: {exc}") from None
+        return get_training_chat_template(tokenizer) or template
+    except ValueError:
+        log.warning("the chat template has no {%% generation %%} markers and TRL cannot patch it: SFT trains on the "
+                    "last assistant turn of each sample only (prompt/completion, completion-only loss)")
+        return LAST_TURN
+
+
+def to_prompt_completion(ds):
+    """``{"messages"}`` -> conversational ``{"prompt": messages[:-1], "completion": [last message]}``."""
+    return ds.map(lambda r: {"prompt": r["messages"][:-1], "completion": r["messages"][-1:]},
+                  remove_columns=["messages"], desc="Prompt/completion split")
 
 
 def load_rows(path: str, mode: str):
@@ -178,8 +194,9 @@ def check_lengths(ds, tokenizer, cfg: TrainConfig, chat_template: str | None, wh
     """Apply the ``overlong`` policy to SFT samples longer than ``max_length`` tokens."""
     if cfg.mode == "cpt":  # packed with overflow split: long texts are cut into sequences, never truncated
         return pretokenize_text(ds, tokenizer, cfg.dataset_num_proc)
+    template = None if chat_template == LAST_TURN else chat_template
     lengths = [len(x) for x in tokenizer.apply_chat_template(
-        list(ds["messages"]), tokenize=True, chat_template=chat_template, return_dict=True)["input_ids"]]
+        list(ds["messages"]), tokenize=True, chat_template=template, return_dict=True)["input_ids"]]
     over = [i for i, n in enumerate(lengths) if n > cfg.max_length]
     if not over:
         return ds
@@ -258,7 +275,11 @@ def build_trainer(cfg: TrainConfig):
     model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, dtype=dtype,
                                                  attn_implementation=attention_implementation(cfg))
     original_template = tokenizer.chat_template
-    if chat_template:  # TRL builds the assistant mask from the tokenizer's template
+    last_turn_only = chat_template == LAST_TURN
+    if last_turn_only:
+        train = to_prompt_completion(train)
+        evalset = to_prompt_completion(evalset) if evalset is not None else None
+    elif chat_template:  # TRL builds the assistant mask from the tokenizer's template
         tokenizer.chat_template = chat_template
     args = SFTConfig(
         output_dir=str(Path(cfg.output_dir) / "checkpoints"),
@@ -272,7 +293,7 @@ def build_trainer(cfg: TrainConfig):
         max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, data_seed=cfg.seed,
         activation_checkpointing=cfg.gradient_checkpointing,  # transformers>=5 name of gradient checkpointing
         packing=cfg.packing, packing_strategy="bfd_split",
-        dataset_text_field="text", assistant_only_loss=cfg.mode == "sft",
+        dataset_text_field="text", assistant_only_loss=cfg.mode == "sft" and not last_turn_only,
         deepspeed=deepspeed_config_path(cfg.deepspeed), use_liger_kernel=liger_enabled(cfg),
         logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         eval_strategy="steps" if evalset is not None else "no", eval_steps=cfg.eval_steps or cfg.save_steps,

@@ -169,10 +169,11 @@ def run(cfg: EvaluateConfig) -> dict:
     pairs = [prompt_and_reference(r) for r in rows]
     prompts, refs = [p for p, _ in pairs], [r for _, r in pairs]
     models = dict(item.split("=", 1) for item in cfg.models)
-    if not cfg.endpoint:
-        missing = {n: d for n, d in models.items() if not Path(d).is_dir()}
+    if not cfg.endpoint:  # a hub id ("org/name") is fine; a path that does not exist is not
+        missing = {n: d for n, d in models.items()
+                   if not Path(d).is_dir() and (d.startswith(("/", ".", "~")) or d.count("/") != 1)}
         if missing:
-            raise ConfigError(f"--models: no such model dir(s) {missing}")
+            raise ConfigError(f"--models: no such model dir(s) {missing} (give a model dir or a hub id org/name)")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {}

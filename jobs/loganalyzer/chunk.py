@@ -121,15 +121,17 @@ def _read_blocks(path: Path, cfg: ChunkConfig, stats: _FileStats,
             stats.reject(source, "binary: NUL bytes in the first 8 KiB; not a text log")
             return
         while block or carry or overflow:
-            cut = block.rfind(b"\n") if block else len(block)
-            if block and cut < 0:  # no line end in this block: the current line keeps growing
+            if block and (cut := block.rfind(b"\n")) < 0:  # no line end in this block: the line keeps growing
                 room = max(0, cfg.max_line_bytes - len(carry))
                 carry += block[:room]
                 overflow += len(block) - min(room, len(block))
                 block = fh.read(BLOCK_BYTES)
                 continue
-            data = carry + block[: cut + 1] if block else carry + b"\n"  # the last line may lack its \n
-            first_overflow, carry, overflow = overflow, block[cut + 1:] if block else b"", 0
+            if block:
+                data, carry = carry + block[: cut + 1], block[cut + 1:]
+            else:  # end of file: the last line lacks its \n
+                data, carry = carry + b"\n", b""
+            first_overflow, overflow = overflow, 0
             if len(carry) > cfg.max_line_bytes:
                 overflow, carry = len(carry) - cfg.max_line_bytes, carry[: cfg.max_line_bytes]
             if b"\r" in data:

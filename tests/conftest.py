@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Tests never reach a model hub: fail fast instead of waiting on the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LOGANALYZER_SHARED_DATA", ROOT.parent / "shared" / "data"))
 LOGHUB = SHARED / "loghub"

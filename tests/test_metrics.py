@@ -73,3 +73,38 @@ def test_score_cli_joins_by_id_and_rejects_mismatches(tmp_path, capsys):
         main(["--predictions", str(p), "--references", str(r)])
     assert e.value.code == 2
     assert "'3'" in capsys.readouterr().err
+
+
+class _FakeModule:
+    """Stands in for an `evaluate` module, returning fixed values we can recognise."""
+
+    def __init__(self, result):
+        self.result = result
+
+    def compute(self, **kwargs):
+        return self.result
+
+
+def test_backend_auto_uses_evaluate_modules_when_they_load_else_builtin(monkeypatch):
+    import loganalyzer.metrics as m
+
+    monkeypatch.setattr(m, "_EVALUATE_MODULES", RuntimeError("offline"))
+    s = score(["a b c"], ["a b c"], n_boot=5)
+    assert s["metrics_backend"] == "builtin" and s["bleu"] == pytest.approx(0.0)  # 3 tokens: no 4-gram
+    with pytest.raises(RuntimeError, match="offline"):
+        score(["a b c"], ["a b c"], n_boot=5, backend="evaluate")
+    fake = (_FakeModule({"bleu": 0.123}), _FakeModule({k: [0.5] for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")}))
+    monkeypatch.setattr(m, "_EVALUATE_MODULES", fake)
+    s = score(["a b c"], ["a b c"], n_boot=5)
+    assert s["metrics_backend"] == "evaluate" and s["bleu"] == 0.123 and s["rouge2"] == 0.5
+    assert score(["a b c"], ["a b c"], n_boot=5, backend="builtin")["rouge2"] == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        score(["a"], ["a"], backend="nltk")
+
+
+def test_offline_evaluate_load_failure_is_remembered(monkeypatch):
+    import loganalyzer.metrics as m
+
+    monkeypatch.setattr(m, "_EVALUATE_MODULES", None)
+    assert score(["x y"], ["x y"], n_boot=5)["metrics_backend"] == "builtin"
+    assert isinstance(m._EVALUATE_MODULES, Exception)  # not retried for every call

@@ -44,7 +44,7 @@ class EvaluateConfig(StageConfig):
     limit: int | None = Field(None, ge=1, description="only the first N test rows")
     n_boot: int = Field(1000, ge=10)
     seed: int = 1309
-    metrics_backend: str = Field("builtin", description="builtin or evaluate (hub modules)")
+    metrics_backend: str = Field("auto", description="auto (evaluate's modules if they load), evaluate, builtin")
 
     @field_validator("models")
     @classmethod
@@ -189,11 +189,13 @@ def run(cfg: EvaluateConfig) -> dict:
             by_task: dict[str, list[int]] = defaultdict(list)
             for i, row in enumerate(rows):
                 by_task[row.get("task", "all")].append(i)
-            entry["per_task"] = {t: score([preds[i] for i in ix], [refs[i] for i in ix], n_boot=10, seed=cfg.seed)
+            entry["per_task"] = {t: score([preds[i] for i in ix], [refs[i] for i in ix], n_boot=10, seed=cfg.seed,
+                                          backend=entry["metrics_backend"])
                                  for t, ix in sorted(by_task.items())}
             for t in entry["per_task"].values():
                 for m in METRICS:
                     t.pop(m + "_ci95")
+                t.pop("metrics_backend")
             entry["source"] = f"{cfg.endpoint} {src}" if cfg.endpoint else src
             report[name] = entry
             samples[name] = per_sample(preds, refs)

@@ -13,13 +13,15 @@ Definitions (all on a 0–1 scale, higher is better):
 
 Confidence intervals: percentile bootstrap over samples (Efron & Tibshirani 1993), BLEU recomputed from
 resampled corpus statistics. Paired comparison: paired bootstrap resampling (Koehn, 2004), two-sided p-value.
-When ``evaluate``'s hub modules can be loaded (``backend="evaluate"``), BLEU and ROUGE point values come from
-them instead; the default ``builtin`` backend computes the same numbers offline.
+Backends: ``auto`` (default) takes BLEU and ROUGE point values from ``evaluate``'s ``bleu`` and ``rouge`` modules
+when they load (hub or cache) and otherwise computes the same definitions offline (``builtin``); every result
+says which one it used (``metrics_backend``). ``evaluate`` insists on the hub modules; ``builtin`` never tries.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +30,8 @@ import numpy as np
 from pydantic import Field
 
 from loganalyzer.config import ConfigError, StageConfig, parse_config
+
+log = logging.getLogger("loganalyzer.metrics")
 
 METRICS = ("fuzzy_match", "bleu", "rouge1", "rouge2", "rougeL", "rougeLsum")
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -107,30 +111,54 @@ def aggregate(scores: dict[str, np.ndarray], idx: np.ndarray | None = None) -> d
     return {k: out[k] for k in METRICS}
 
 
-def _evaluate_modules():
-    import evaluate
+_EVALUATE_MODULES: tuple | Exception | None = None  # loaded once per process; a failure is remembered too
 
-    return evaluate.load("bleu"), evaluate.load("rouge")
+
+def _evaluate_modules() -> tuple:
+    """``evaluate``'s bleu and rouge modules; raises (the remembered) load error when they are not available."""
+    global _EVALUATE_MODULES
+    if _EVALUATE_MODULES is None:
+        try:
+            import evaluate
+
+            _EVALUATE_MODULES = (evaluate.load("bleu"), evaluate.load("rouge"))
+        except Exception as exc:  # offline, no cache, hub error: all mean "not available"
+            _EVALUATE_MODULES = exc
+            log.info("evaluate's hub metric modules are not available (%s: %s); computing the same definitions "
+                     "with sacrebleu and rouge_score", type(exc).__name__, str(exc)[:120])
+    if isinstance(_EVALUATE_MODULES, Exception):
+        raise _EVALUATE_MODULES
+    return _EVALUATE_MODULES
+
+
+def _evaluate_values(predictions: list[str], references: list[str]) -> dict[str, float]:
+    bleu_mod, rouge_mod = _evaluate_modules()
+    out = {"bleu": float(bleu_mod.compute(predictions=predictions, references=[[r] for r in references])["bleu"])}
+    r = rouge_mod.compute(predictions=predictions, references=references, use_aggregator=False)
+    out.update({k: float(np.mean(r[k])) for k in ROUGE_TYPES})
+    return out
 
 
 def score(predictions: list[str], references: list[str], n_boot: int = 1000, seed: int = 1309,
-          backend: str = "builtin") -> dict:
-    """Six metrics with 95% bootstrap CIs: ``{metric: value, metric + "_ci95": [lo, hi], "n": n}``.
+          backend: str = "auto") -> dict:
+    """Six metrics with 95% bootstrap CIs: ``{metric: value, metric + "_ci95": [lo, hi], "n": n,
+    "metrics_backend": "evaluate" | "builtin"}``; CIs always come from the builtin per-sample scores.
 
-    ``backend="evaluate"`` takes BLEU/ROUGE point values from ``evaluate.load`` (needs the hub or a cache) and
-    raises its error when they cannot load; CIs always come from the builtin per-sample scores.
+    Raises ValueError for an unknown backend, and with ``backend="evaluate"`` the modules' load error.
     """
+    if backend not in ("auto", "evaluate", "builtin"):
+        raise ValueError(f"unknown metrics backend {backend!r} (auto, evaluate or builtin)")
     scores = per_sample(predictions, references)
     point = {k: float(v) for k, v in aggregate(scores).items()}
-    if backend == "evaluate":
-        bleu_mod, rouge_mod = _evaluate_modules()
-        point["bleu"] = float(bleu_mod.compute(predictions=predictions, references=[[r] for r in references])
-                              ["bleu"])
-        r = rouge_mod.compute(predictions=predictions, references=references, use_aggregator=False)
-        point.update({k: float(np.mean(r[k])) for k in ROUGE_TYPES})
-    elif backend != "builtin":
-        raise ValueError(f"unknown metrics backend {backend!r} (builtin or evaluate)")
-    out: dict = {}
+    used = "builtin"
+    if backend != "builtin":
+        try:
+            point.update(_evaluate_values(predictions, references))
+            used = "evaluate"
+        except Exception:
+            if backend == "evaluate":
+                raise
+    out: dict = {"metrics_backend": used}
     boot = bootstrap(scores, n_boot, seed)
     for k in METRICS:
         out[k] = point[k]
@@ -178,7 +206,7 @@ class ScoreConfig(StageConfig):
     out: str | None = Field(None, description="also write the JSON here")
     n_boot: int = Field(1000, ge=1, description="bootstrap resamples for the CIs")
     seed: int = 1309
-    backend: str = Field("builtin", description="builtin or evaluate (hub modules)")
+    backend: str = Field("auto", description="auto (evaluate's modules if they load, else builtin), evaluate, builtin")
 
 
 def _load_texts(path: str, what: str) -> dict[str, str]:

@@ -128,3 +128,12 @@ def test_kill_9_and_resume_loses_nothing_and_duplicates_nothing(tmp_path, chunks
         assert set(before) <= set(after)
         summary = json.loads((out / "summary.json").read_text())
         assert summary["skipped_done"] == len(before) and summary["accepted"] == 48 - len(before)
+
+
+def test_tasks_flag_takes_commas_or_spaces():
+    from loganalyzer.config import parse_config
+
+    for argv in (["--tasks", "summarize,root_cause"], ["--tasks", "summarize", "root_cause"],
+                 ["tasks=summarize,root_cause"]):
+        cfg = parse_config(SynthesizeConfig, "synthesize", ["--chunks", "c", "--out", "o", *argv])
+        assert cfg.tasks == ["summarize", "root_cause"]

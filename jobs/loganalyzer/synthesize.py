@@ -60,6 +60,12 @@ class SynthesizeConfig(StageConfig):
     json_mode: bool = Field(False, description="send response_format=json_object for JSON tasks")
     limit: int | None = Field(None, ge=1, description="only the first N chunks")
 
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _comma_separated(cls, v):
+        """``--tasks a,b`` and ``--tasks a b`` both work."""
+        return [t for item in ([v] if isinstance(v, str) else v) for t in str(item).split(",") if t]
+
     @field_validator("tasks")
     @classmethod
     def _known_tasks(cls, v: list[str]) -> list[str]:

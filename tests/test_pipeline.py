@@ -3,7 +3,7 @@ import json
 import pytest
 from conftest import loghub_file
 
-from loganalyzer.demo import DemoConfig, run
+from loganalyzer.demo import DemoConfig, run, stage_summary
 from loganalyzer.metrics import METRICS
 
 
@@ -29,6 +29,7 @@ def test_whole_dag_on_the_kfp_local_runner(tmp_path, monkeypatch):
     assert "vs_sft" in report["cpt_sft"]
     summary = json.loads((out / "synth" / "summary.json").read_text())
     assert summary["asked"] == 6 * 6 and summary["accepted"] + summary["rejected"] == 36
+    assert stage_summary(out).startswith("chunks: 6\n")
 
     # MLflow: one finished parent run, a nested run per stage, the report's metrics on the parent.
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")

@@ -94,6 +94,20 @@ def run(cfg: DemoConfig) -> dict:
     return report
 
 
+def stage_summary(out: Path) -> str:
+    """What each stage produced, from the files it wrote."""
+    synth = json.loads((out / "synth" / "summary.json").read_text())
+    stats = json.loads((out / "datasets" / "stats.json").read_text())
+    chunks = sum(1 for _ in open(out / "chunks.jsonl"))
+    rejected = {k.split(":", 1)[1]: v for k, v in synth["counts"].items() if k.startswith("rejected:")}
+    sft = stats["sft"]
+    return (f"chunks: {chunks}\n"
+            f"teacher ({synth['model']}): {synth['accepted']} of {synth['asked']} replies accepted, "
+            f"rejected by reason: {rejected or 'none'}\n"
+            f"SFT samples train/val/test: {sft['train']['total']}/{sft['val']['total']}/{sft['test']['total']}; "
+            f"CPT rows: {stats['cpt']['total']}\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     from loganalyzer.logs import setup_logging
 
@@ -101,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(DemoConfig, "demo", argv)
     run(cfg)
     out = Path(cfg.out)
+    print(stage_summary(out))
     print((out / "eval" / "report.md").read_text())
     print(f"Outputs in {out}/. MLflow UI: mlflow ui --backend-store-uri sqlite:///{out.resolve()}/mlflow.db")
     if cfg.base_model == "tiny":

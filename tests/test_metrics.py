@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from loganalyzer.metrics import METRICS, main, paired_bootstrap, per_sample, score
+from loganalyzer.metrics import METRICS, paired_bootstrap, per_sample, score
+from loganalyzer.score import main
 
 
 def test_hand_checked_values():

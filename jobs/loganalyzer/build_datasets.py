@@ -28,6 +28,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+import orjson
 from pydantic import Field
 
 from loganalyzer.config import ConfigError, StageConfig, parse_config
@@ -102,9 +103,9 @@ def read_nlplog(path: str) -> tuple[list[dict], list[dict]]:
         first = fh.read(1)
         while first.isspace():
             first = fh.read(1)
-    try:
-        rows = json.loads(p.read_text(encoding="utf-8")) if first == "[" else list(read_jsonl(p))
-    except (json.JSONDecodeError, ValueError) as exc:
+    try:  # orjson parses the 599 MB NLPLog array from bytes, several times faster and leaner than json
+        rows = orjson.loads(p.read_bytes()) if first == "[" else list(read_jsonl(p))
+    except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
         raise ConfigError(f"--nlplog {path}: not a JSON array or JSON Lines file ({exc})") from None
     good, bad = [], []
     for i, r in enumerate(rows):

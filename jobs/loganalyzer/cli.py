@@ -11,7 +11,7 @@ COMMANDS = {
     "build-datasets": ("loganalyzer.build_datasets", "SFT chat splits + CPT corpus + stats/histogram"),
     "train": ("loganalyzer.train", "CPT (full) or SFT (LoRA) from a recipe; --plan for a sizing report"),
     "evaluate": ("loganalyzer.evaluate", "generate test answers per model and score them"),
-    "score": ("loganalyzer.metrics", "score predictions against references (six metrics, JSON)"),
+    "score": ("loganalyzer.score", "score predictions against references (six metrics, JSON)"),
     "serve": ("loganalyzer.serve", "OpenAI-compatible server for a model dir on loopback"),
     "tiny-model": ("loganalyzer.tiny_model", "build a tiny local Llama + tokenizer (no hub needed)"),
     "demo": ("loganalyzer.demo", "run the whole pipeline on one machine (kfp local runner)"),

@@ -1,4 +1,4 @@
-"""Evaluation metrics (the seed's six) with bootstrap confidence intervals, and the ``score`` command.
+"""Evaluation metrics (the seed's six) with bootstrap confidence intervals, used by ``evaluate`` and ``score``.
 
 Definitions (all on a 0–1 scale, higher is better):
 
@@ -20,16 +20,11 @@ says which one it used (``metrics_backend``). ``evaluate`` insists on the hub mo
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
-from pydantic import Field
-
-from loganalyzer.config import ConfigError, StageConfig, parse_config
 
 log = logging.getLogger("loganalyzer.metrics")
 
@@ -194,60 +189,3 @@ def paired_bootstrap(a: dict[str, np.ndarray], b: dict[str, np.ndarray], n_boot:
         out[k] = {"delta": float(pb[k] - pa[k]), "p_value": p,
                   "ci95": [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))]}
     return out
-
-
-# ---- `loganalyzer score` -------------------------------------------------------------------------------------
-
-class ScoreConfig(StageConfig):
-    """Score predictions against references: rows {"id", "text"} joined by id; prints the six metrics."""
-
-    predictions: str = Field(description="JSON Lines of {id, text}")
-    references: str = Field(description="JSON Lines of {id, text}")
-    out: str | None = Field(None, description="also write the JSON here")
-    n_boot: int = Field(1000, ge=1, description="bootstrap resamples for the CIs")
-    seed: int = 1309
-    backend: str = Field("auto", description="auto (evaluate's modules if they load, else builtin), evaluate, builtin")
-
-
-def _load_texts(path: str, what: str) -> dict[str, str]:
-    from loganalyzer.io import read_jsonl
-
-    if not Path(path).is_file():
-        raise ConfigError(f"--{what} {path}: no such file")
-    rows: dict[str, str] = {}
-    try:
-        for r in read_jsonl(path, required=("id", "text")):
-            key = str(r["id"])
-            if key in rows:
-                raise ConfigError(f"--{what} {path}: duplicate id {key!r}")
-            if not isinstance(r["text"], str):
-                raise ConfigError(f"--{what} {path}: id {key!r} has a non-string text")
-            rows[key] = r["text"]
-    except ValueError as exc:
-        raise ConfigError(f"--{what}: {exc}") from None
-    return rows
-
-
-def join_by_id(preds: dict[str, str], refs: dict[str, str]) -> tuple[list[str], list[str], list[str]]:
-    """Align two id->text maps; raise ConfigError naming the missing/extra ids when they differ."""
-    missing, extra = sorted(set(refs) - set(preds)), sorted(set(preds) - set(refs))
-    if missing or extra:
-        raise ConfigError(f"predictions and references differ: {len(missing)} id(s) without a prediction "
-                          f"{missing[:5]}, {len(extra)} prediction id(s) without a reference {extra[:5]}")
-    ids = sorted(refs)
-    return ids, [preds[i] for i in ids], [refs[i] for i in ids]
-
-
-def main(argv: list[str] | None = None) -> None:
-    cfg = parse_config(ScoreConfig, "score", argv)
-    _, preds, refs = join_by_id(_load_texts(cfg.predictions, "predictions"),
-                                _load_texts(cfg.references, "references"))
-    result = score(preds, refs, n_boot=cfg.n_boot, seed=cfg.seed, backend=cfg.backend)
-    text = json.dumps(result, indent=2)
-    if cfg.out:
-        Path(cfg.out).write_text(text + "\n")
-    print(text)
-
-
-if __name__ == "__main__":
-    main()

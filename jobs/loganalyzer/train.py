@@ -271,9 +271,6 @@ def build_trainer(cfg: TrainConfig):
     evalset = (check_lengths(load_rows(cfg.eval_file, cfg.mode), tokenizer, cfg, chat_template, cfg.eval_file)
                if cfg.eval_file else None)
     use_gpu = _on_gpu()
-    dtype = torch.bfloat16 if cfg.bf16 and use_gpu else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, dtype=dtype,
-                                                 attn_implementation=attention_implementation(cfg))
     original_template = tokenizer.chat_template
     last_turn_only = chat_template == LAST_TURN
     if last_turn_only:
@@ -301,11 +298,15 @@ def build_trainer(cfg: TrainConfig):
         report_to=cfg.report_to, run_name=cfg.run_name,
         include_num_input_tokens_seen=True, use_cpu=not use_gpu,
     )
+    # Loaded after SFTConfig on purpose: with a ZeRO-3 config alive, from_pretrained partitions the weights across
+    # ranks while loading (deepspeed.zero.Init) instead of materialising the whole model in every process.
+    model = AutoModelForCausalLM.from_pretrained(
+        cfg.model_name_or_path, dtype=torch.bfloat16 if cfg.bf16 and use_gpu else torch.float32,
+        attn_implementation=attention_implementation(cfg))
     peft_config = None
     if cfg.lora:
-        target = cfg.lora_target_modules
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                 target_modules=target, task_type="CAUSAL_LM")
+                                 target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evalset,
                          processing_class=tokenizer, peft_config=peft_config, callbacks=_callbacks())
     return trainer, tokenizer, original_template

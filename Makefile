@@ -34,10 +34,11 @@ test-fast: install ## unit tests only
 lint: install ## ruff over the package, pipelines, tests and benchmarks
 	$(BIN)/ruff check jobs pipelines tests benchmarks
 
-bench: install ## CPU benchmarks (chunking, synthesis client, CPT packing); prints figures
-	$(BIN)/python benchmarks/bench_chunk.py
-	$(BIN)/python benchmarks/bench_synthesize.py
-	$(BIN)/python benchmarks/bench_pack.py
+bench: install ## benchmarks (chunking, synthesis client, CPT packing; GPU training when CUDA is present)
+	cd benchmarks && ../$(BIN)/python bench_chunk.py
+	cd benchmarks && ../$(BIN)/python bench_synthesize.py
+	cd benchmarks && ../$(BIN)/python bench_pack.py
+	cd benchmarks && ../$(BIN)/python bench_gpu_train.py
 
 clean: ## remove runs/ and caches (keeps .venv)
 	rm -rf runs .pytest_cache .ruff_cache

@@ -8,7 +8,8 @@ for single-answer tasks, the history for conversations). Decoding is fixed and g
 any OpenAI-compatible server (``temperature=0``; ``name=MODEL`` then names the served model).
 
 Writes ``predictions_<name>.jsonl`` ({id, task, system, prediction, reference}), ``report.json``
-(``{name: {six metrics, <metric>_ci95, n, per_task: {...}}}``, and for ``cpt_sft`` when ``sft`` is present
+(``{name: {six metrics, <metric>_ci95, n, per_task: {task: {n, six metrics}}}}`` (per-task values from the
+builtin definitions), and for ``cpt_sft`` when ``sft`` is present
 ``vs_sft: {metric: {delta, p_value, ci95}}`` from a paired bootstrap), ``report.md`` (tables) and
 ``metrics.png`` (bar chart with CIs). Metric definitions: ``loganalyzer.metrics``.
 """
@@ -26,7 +27,7 @@ from pydantic import Field, field_validator
 
 from loganalyzer.config import ConfigError, StageConfig, parse_config
 from loganalyzer.io import JsonlWriter, read_jsonl
-from loganalyzer.metrics import METRICS, paired_bootstrap, per_sample, score
+from loganalyzer.metrics import METRICS, aggregate, paired_bootstrap, per_sample, score
 
 log = logging.getLogger("loganalyzer.evaluate")
 
@@ -185,20 +186,17 @@ def run(cfg: EvaluateConfig) -> dict:
                 for row, p, r in zip(rows, preds, refs, strict=True):
                     w.write({"id": row["id"], "task": row.get("task"), "system": row.get("system"),
                              "prediction": p, "reference": r})
-            entry = score(preds, refs, n_boot=cfg.n_boot, seed=cfg.seed, backend=cfg.metrics_backend)
+            samples[name] = per_sample(preds, refs)  # computed once: CIs, per-task and paired bootstrap use it
+            entry = score(preds, refs, n_boot=cfg.n_boot, seed=cfg.seed, backend=cfg.metrics_backend,
+                          scores=samples[name])
             by_task: dict[str, list[int]] = defaultdict(list)
             for i, row in enumerate(rows):
                 by_task[row.get("task", "all")].append(i)
-            entry["per_task"] = {t: score([preds[i] for i in ix], [refs[i] for i in ix], n_boot=10, seed=cfg.seed,
-                                          backend=entry["metrics_backend"])
+            entry["per_task"] = {t: {"n": len(ix), **{m: float(v) for m, v in
+                                                       aggregate(samples[name], np.array(ix)).items()}}
                                  for t, ix in sorted(by_task.items())}
-            for t in entry["per_task"].values():
-                for m in METRICS:
-                    t.pop(m + "_ci95")
-                t.pop("metrics_backend")
             entry["source"] = f"{cfg.endpoint} {src}" if cfg.endpoint else src
             report[name] = entry
-            samples[name] = per_sample(preds, refs)
             tracker.log_metrics({f"{name}.{m}": entry[m] for m in METRICS})
             log.info("%s: %s", name, {m: round(entry[m], 4) for m in METRICS})
         if "cpt_sft" in samples and "sft" in samples:

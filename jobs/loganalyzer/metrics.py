@@ -135,15 +135,16 @@ def _evaluate_values(predictions: list[str], references: list[str]) -> dict[str,
 
 
 def score(predictions: list[str], references: list[str], n_boot: int = 1000, seed: int = 1309,
-          backend: str = "auto") -> dict:
+          backend: str = "auto", scores: dict[str, np.ndarray] | None = None) -> dict:
     """Six metrics with 95% bootstrap CIs: ``{metric: value, metric + "_ci95": [lo, hi], "n": n,
-    "metrics_backend": "evaluate" | "builtin"}``; CIs always come from the builtin per-sample scores.
+    "metrics_backend": "evaluate" | "builtin"}``; CIs always come from the builtin per-sample scores
+    (``scores``: ``per_sample(predictions, references)`` when the caller has them already).
 
     Raises ValueError for an unknown backend, and with ``backend="evaluate"`` the modules' load error.
     """
     if backend not in ("auto", "evaluate", "builtin"):
         raise ValueError(f"unknown metrics backend {backend!r} (auto, evaluate or builtin)")
-    scores = per_sample(predictions, references)
+    scores = per_sample(predictions, references) if scores is None else scores
     point = {k: float(v) for k, v in aggregate(scores).items()}
     used = "builtin"
     if backend != "builtin":

@@ -17,7 +17,7 @@ $(BIN)/loganalyzer: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -c constraints.txt -e ".[deepspeed,serve,dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[deepspeed,serve,cluster,tracking,ray,dev]"
 	@touch $@
 
 install: $(BIN)/loganalyzer ## create .venv with everything (torch first, then pinned constraints)

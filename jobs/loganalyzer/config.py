@@ -19,8 +19,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 EXIT_USAGE = 2
-# jobs/configs: recipes, deepspeed/ and models/ (next to the package in a checkout and in the job images).
+# Where recipes, deepspeed/ and models/ are looked up: jobs/configs next to the package in a checkout. In the
+# cluster LOGANALYZER_CONFIGS_DIR is a search path ("dir1:dir2"): the ConfigMaps generated from jobs/configs
+# (editable without rebuilding an image) first, then the copy baked into the image.
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def configs_dirs() -> list[Path]:
+    """The configs search path: ``LOGANALYZER_CONFIGS_DIR`` (os.pathsep-separated) or ``jobs/configs``."""
+    env = os.environ.get("LOGANALYZER_CONFIGS_DIR", "")
+    return [Path(p) for p in env.split(os.pathsep) if p] or [CONFIGS_DIR]
 
 
 class StageConfig(BaseModel):
@@ -63,15 +71,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def config_file(name: str, subdir: str = "", suffix: str = ".yaml") -> Path:
-    """A file given by path, or by name (with or without ``suffix``) in ``jobs/configs/<subdir>``.
+    """A file given by path, or by name (with or without ``suffix``) in ``<configs dir>/<subdir>`` for each dir
+    of the search path (``configs_dirs()``), first match wins.
 
-    Raises ConfigError naming both places when neither holds it.
+    Raises ConfigError naming every place looked in when none holds it.
     """
-    base = CONFIGS_DIR / subdir
-    for candidate in (Path(name), base / name, base / f"{name}{suffix}"):
+    bases = [d / subdir for d in configs_dirs()]
+    for candidate in (Path(name), *(c for b in bases for c in (b / name, b / f"{name}{suffix}"))):
         if candidate.is_file():
             return candidate
-    raise ConfigError(f"{name!r} not found: neither a file nor a name in {base}")
+    raise ConfigError(f"{name!r} not found: neither a file nor a name in {', '.join(map(str, bases))}")
 
 
 def _check_keys(cls: type[StageConfig], keys: typing.Iterable[str], where: str) -> None:

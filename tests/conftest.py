@@ -57,3 +57,23 @@ def tiny_env(tmp_path_factory):
     build_datasets(BuildDatasetsConfig(chunks=str(chunks), synth=[str(root / "synth")], out=str(datasets),
                                        tokenizer=str(model), val_size=2, test_size=2))
     return {"root": root, "chunks": chunks, "synth": root / "synth", "model": model, "datasets": datasets}
+
+
+@pytest.fixture(scope="session")
+def kube():
+    """A real kube-apiserver on loopback (../shared/tools/kube-local) with the upstream CRDs applied.
+
+    Skipped when kube-local is missing or not built (``make kube-local``), unless LOGANALYZER_REQUIRE_KUBE=1
+    (set by .ci/run), which turns that into a failure.
+    """
+    from kube_helpers import KUBE_LOCAL, KubeLocal
+
+    home = Path(os.environ.get("KUBE_LOCAL_HOME", Path.home() / ".cache" / "kube-local"))
+    if not KUBE_LOCAL.exists() or not (home / "bin" / "kube-apiserver").exists():
+        message = f"kube-local not built ({KUBE_LOCAL}; run `make kube-local`)"
+        if os.environ.get("LOGANALYZER_REQUIRE_KUBE") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    server = KubeLocal().start()
+    yield server
+    server.stop()

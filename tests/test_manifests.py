@@ -1,0 +1,252 @@
+"""Every shipped Kubernetes object: kustomize overlays, the Helm chart (default and CI values), validated against
+Kubernetes 1.30 schemas and the upstream CRDs, dry-run applied to a real API server, hardened, and RBAC-checked."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import shutil
+
+import pytest
+import yaml
+from kube_helpers import ROOT, helm, helm_template, kustomize, security_problems, validate
+
+from loganalyzer.launch import TRAIN_ENV, LaunchConfig, pytorchjob
+
+MANIFESTS = ROOT / "manifests"
+CHART = ROOT / "charts" / "loganalyzer"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+CONFIGS = ROOT / "jobs" / "configs"
+
+
+@pytest.fixture(scope="module")
+def renderings(tmp_path_factory) -> dict[str, list[dict]]:
+    out = {name: kustomize(MANIFESTS / name) for name in ("base", "overlays/dev", "overlays/production")}
+    # production with the 2 x 4 CPT component switched on, as its kustomization's comment says
+    overlay = tmp_path_factory.mktemp("overlay") / "production-2x4"
+    shutil.copytree(MANIFESTS, overlay.parent / "manifests")
+    prod = overlay.parent / "manifests" / "overlays" / "production"
+    text = (prod / "kustomization.yaml").read_text()
+    (prod / "kustomization.yaml").write_text(text.replace("# components:\n#   - ../../components/cpt-2x4",
+                                                          "components:\n  - ../../components/cpt-2x4"))
+    out["overlays/production+cpt-2x4"] = kustomize(prod)
+    out["chart"] = helm_template(CHART)
+    for values in CI_VALUES:
+        out[f"chart+{values.name}"] = helm_template(CHART, "-f", str(values))
+    return out
+
+
+RENDERINGS = ["base", "overlays/dev", "overlays/production", "overlays/production+cpt-2x4", "chart",
+              *[f"chart+{v.name}" for v in CI_VALUES]]
+
+
+def by_kind(docs, kind):
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_schemas_and_security(renderings, name):
+    docs = renderings[name]
+    assert docs, name
+    assert validate(docs) == []
+    assert [p for d in docs for p in security_problems(d)] == []
+
+
+def test_validation_catches_errors(renderings):
+    """The checks above can fail: a typo'd field, a wrong type, a root container are all reported."""
+    docs = yaml.safe_load_all(yaml.safe_dump_all(renderings["base"]))
+    docs = list(docs)
+    cpt = by_kind(docs, "PyTorchJob")["loganalyzer-cpt"]
+    cpt["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = "one"
+    cpt["spec"]["runPolicy"]["backofLimit"] = 3
+    deploy = by_kind(docs, "Deployment")["loganalyzer-mlflow"]
+    deploy["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+    deploy["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] = False
+    errors = validate(docs)
+    assert any("replicas" in e and "integer" in e for e in errors), errors
+    assert any("backofLimit" in e for e in errors), errors
+    assert any("imagePullPolcy" in e for e in errors), errors
+    assert any("runAsNonRoot" in p for p in security_problems(deploy))
+
+
+def test_base_contents(renderings):
+    docs = renderings["base"]
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"loganalyzer"}
+    jobs = by_kind(docs, "Job")
+    assert set(jobs) == {f"loganalyzer-{s}" for s in ("chunk", "synthesize", "build-datasets", "evaluate")}
+    assert all(j["spec"]["suspend"] is True for j in jobs.values())
+    pvcs = by_kind(docs, "PersistentVolumeClaim")
+    assert {"loganalyzer-data", "loganalyzer-models", "loganalyzer-mlflow"} <= set(pvcs)
+    cms = by_kind(docs, "ConfigMap")
+    assert yaml.safe_load(cms["loganalyzer-recipes"]["data"]["cpt_full_zero3.yaml"])["deepspeed"] == "zero3"
+    assert json.loads(cms["loganalyzer-deepspeed"]["data"]["zero3.json"])["zero_optimization"]["stage"] == 3
+    assert not by_kind(docs, "Secret") and not by_kind(docs, "ClusterRole")
+
+
+def test_cpt_pytorchjob_topologies(renderings):
+    for name, nodes, nproc in (("base", 1, 8), ("overlays/production", 1, 8),
+                               ("overlays/production+cpt-2x4", 2, 4), ("chart", 1, 8), ("chart+ci-values.yaml", 2, 4)):
+        cpt = next(d for d in renderings[name] if d["kind"] == "PyTorchJob" and d["metadata"]["name"].endswith("cpt"))
+        replicas = cpt["spec"]["pytorchReplicaSpecs"]
+        assert int(cpt["spec"]["nprocPerNode"]) == nproc, name
+        assert sum(r["replicas"] for r in replicas.values()) == nodes, name
+        assert replicas["Master"]["replicas"] == 1 and replicas["Master"]["restartPolicy"] == "OnFailure"
+        for r in replicas.values():
+            pod = r["template"]["spec"]
+            c = pod["containers"][0]
+            assert c["name"] == "pytorch" and c["command"] == ["torchrun", "--module", "loganalyzer.train"]
+            assert c["resources"]["limits"]["nvidia.com/gpu"] == str(nproc)
+            shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+            assert shm["emptyDir"]["medium"] == "Memory"
+            assert c["args"][:2] == ["--config", "cpt_full_zero3"]
+
+
+def test_dev_overlay_runs_tiny_cpu_recipes(renderings):
+    docs = renderings["overlays/dev"]
+    for job in by_kind(docs, "PyTorchJob").values():
+        c = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+        assert "resources" not in c and job["spec"]["nprocPerNode"] == "1"
+        assert c["args"][1].endswith("_tiny_cpu")
+    assert by_kind(docs, "PersistentVolumeClaim")["loganalyzer-data"]["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+
+def test_production_mlflow_uses_postgres_and_s3_secrets(renderings):
+    for name in ("overlays/production", "chart+ci-values.yaml"):
+        docs = renderings[name]
+        deploy = next(iter(by_kind(docs, "Deployment").values()))
+        c = deploy["spec"]["template"]["spec"]["containers"][0]
+        assert {e["name"] for e in c.get("env", [])} == {"HOME"}, name
+        assert c["envFrom"] == [{"secretRef": {"name": "loganalyzer-mlflow-backend"}}]
+        assert deploy["spec"]["replicas"] == 2
+        assert not [p for p in by_kind(docs, "PersistentVolumeClaim") if p.endswith("mlflow")]
+
+
+def test_chart_renders_what_kustomize_renders(renderings):
+    def kinds_names(docs, prefix):
+        return {(d["kind"], d["metadata"]["name"].removeprefix(prefix)) for d in docs if d["kind"] != "Namespace"}
+
+    assert kinds_names(renderings["chart"], "loganalyzer-") == kinds_names(renderings["base"], "loganalyzer-")
+
+
+def test_launcher_builds_the_manifest_pytorchjob(renderings):
+    """`loganalyzer launch` (the pipeline) and manifests/ describe the same trainer pod."""
+    manifest = by_kind(renderings["base"], "PyTorchJob")["loganalyzer-cpt"]
+    from loganalyzer.k8s import to_dict
+
+    launched = to_dict(pytorchjob(LaunchConfig(name="loganalyzer-cpt", recipe="cpt_full_zero3")))
+    m_pod = manifest["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    l_pod = launched["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    for key in ("securityContext", "serviceAccountName", "automountServiceAccountToken"):
+        assert m_pod[key] == l_pod[key], key
+    assert sorted(m_pod["volumes"], key=lambda v: v["name"]) == sorted(l_pod["volumes"], key=lambda v: v["name"])
+    mc, lc = m_pod["containers"][0], l_pod["containers"][0]
+    for key in ("name", "command", "securityContext", "resources"):
+        assert mc[key] == lc[key], key
+    assert sorted(mc["volumeMounts"], key=str) == sorted(lc["volumeMounts"], key=str)
+    assert {e["name"]: e.get("value") for e in mc["env"]}.items() >= TRAIN_ENV.items()
+    assert sorted(mc["envFrom"], key=str) == sorted(lc["envFrom"], key=str)
+    assert manifest["spec"]["nprocPerNode"] == launched["spec"]["nprocPerNode"]
+    assert {k: v for k, v in manifest["spec"]["runPolicy"].items() if k != "suspend"} == \
+        launched["spec"]["runPolicy"]
+
+
+def test_configs_copies_identical_to_jobs_configs():
+    """manifests/base/configs and the chart's files/configs are copies of jobs/configs (`make manifests`)."""
+    for copy in (MANIFESTS / "base" / "configs", CHART / "files" / "configs"):
+        for sub in ("", "deepspeed"):
+            cmp = filecmp.dircmp(CONFIGS / sub, copy / sub)
+            wanted = [f for f in cmp.left_list if f.endswith((".yaml", ".json"))]
+            assert sorted(f for f in cmp.right_list if f != "deepspeed") == sorted(wanted), copy / sub
+            _, mismatch, errors = filecmp.cmpfiles(CONFIGS / sub, copy / sub, wanted, shallow=False)
+            assert mismatch == [] and errors == [], (copy / sub, mismatch, errors)
+
+
+def test_helm_lint_strict():
+    for args in ([], *[["-f", str(v)] for v in CI_VALUES]):
+        result = helm("lint", "--strict", str(CHART), *args, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("cpt.nodes=0", "cpt.nodes"),
+    ("mlflow.backend=mysql", "mlflow.backend"),
+    ("storage.data.size=lots", "storage.data.size"),
+    ("sft.from=scratch", "sft.from"),
+    ("typo=1", "typo"),
+    ("images.train.tag=", "images.train.tag"),
+])
+def test_values_schema_rejects_bad_values(bad, message):
+    result = helm("template", "x", str(CHART), "--set", bad, check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_every_values_key_is_documented():
+    """A comment directly above every key of values.yaml (the chart's contract with its users)."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped and not stripped.startswith(("#", "-")) and ":" in stripped:
+            assert lines[i - 1].strip().startswith("#"), f"values.yaml:{i + 1}: {stripped!r} has no comment"
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_server_side_dry_run(kube, renderings, name):
+    docs = renderings[name]
+    namespace = next((d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"), "loganalyzer")
+    kube.ensure_namespace(namespace)
+    result = kube.dry_run(docs, namespace)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("(server dry run)") == len(docs)
+
+
+def test_dry_run_rejects_invalid_objects(kube, renderings):
+    docs = yaml.safe_load_all(yaml.safe_dump_all(renderings["base"]))
+    docs = [d for d in docs if d["kind"] == "PyTorchJob"]
+    docs[0]["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = "one"
+    kube.ensure_namespace("loganalyzer")
+    result = kube.dry_run(docs, "loganalyzer")
+    assert result.returncode != 0 and "replicas" in result.stderr
+
+
+RBAC_NAMESPACE = "loganalyzer-rbac"
+SA = f"system:serviceaccount:{RBAC_NAMESPACE}:loganalyzer-pipeline"
+
+
+@pytest.fixture(scope="module")
+def installed(kube, renderings):
+    """The base installed for real (not dry-run) in its own namespace, so its RBAC can be exercised."""
+    docs = [d for d in yaml.safe_load_all(yaml.safe_dump_all(renderings["base"])) if d["kind"] != "Namespace"]
+    for d in docs:
+        d["metadata"]["namespace"] = RBAC_NAMESPACE
+        for s in d.get("subjects", []):
+            s["namespace"] = RBAC_NAMESPACE
+    kube.ensure_namespace(RBAC_NAMESPACE)
+    kube.kubectl("apply", "--validate=false", "-n", RBAC_NAMESPACE, "-f", "-", input=yaml.safe_dump_all(docs))
+    return kube
+
+
+@pytest.mark.parametrize("verb, resource, namespace, allowed", [
+    *[(v, "pytorchjobs.kubeflow.org", RBAC_NAMESPACE, True) for v in ("create", "get", "list", "watch", "delete")],
+    *[(v, "inferenceservices.serving.kserve.io", RBAC_NAMESPACE, True)
+      for v in ("create", "get", "list", "watch", "update", "delete")],
+    ("create", "rayjobs.ray.io", RBAC_NAMESPACE, True),
+    ("get", "pods/log", RBAC_NAMESPACE, True),
+    ("get", "configmaps/loganalyzer-recipes", RBAC_NAMESPACE, True),
+    # never: Secrets, other ConfigMaps, pods/exec, other namespaces, cluster-wide objects, RBAC itself
+    ("get", "secrets", RBAC_NAMESPACE, False),
+    ("list", "secrets", RBAC_NAMESPACE, False),
+    ("get", "configmaps/kube-root-ca.crt", RBAC_NAMESPACE, False),
+    ("list", "configmaps", RBAC_NAMESPACE, False),
+    ("create", "pods/exec", RBAC_NAMESPACE, False),
+    ("create", "pods", RBAC_NAMESPACE, False),
+    ("patch", "pytorchjobs.kubeflow.org", RBAC_NAMESPACE, False),
+    ("create", "pytorchjobs.kubeflow.org", "default", False),
+    ("create", "inferenceservices.serving.kserve.io", "kube-system", False),
+    ("list", "nodes", "", False),
+    ("create", "rolebindings.rbac.authorization.k8s.io", RBAC_NAMESPACE, False),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io", "", False),
+])
+def test_rbac_least_privilege(installed, verb, resource, namespace, allowed):
+    args = ["auth", "can-i", verb, resource] + (["-n", namespace] if namespace else [])
+    result = installed.kubectl(*args, as_user=SA, check=False)
+    assert result.stdout.strip() == ("yes" if allowed else "no"), (args, result.stdout, result.stderr)

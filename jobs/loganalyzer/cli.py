@@ -12,6 +12,8 @@ COMMANDS = {
     "train": ("loganalyzer.train", "CPT (full) or SFT (LoRA) from a recipe; --plan for a sizing report"),
     "evaluate": ("loganalyzer.evaluate", "generate test answers per model and score them"),
     "score": ("loganalyzer.score", "score predictions against references (six metrics, JSON)"),
+    "launch": ("loganalyzer.launch", "run a training recipe as a Kubeflow PyTorchJob and wait for it"),
+    "deploy": ("loganalyzer.deploy", "create/update the KServe InferenceService for a model, wait until Ready"),
     "serve": ("loganalyzer.serve", "OpenAI-compatible server for a model dir on loopback"),
     "tiny-model": ("loganalyzer.tiny_model", "build a tiny local Llama + tokenizer (no hub needed)"),
     "demo": ("loganalyzer.demo", "run the whole pipeline on one machine (kfp local runner)"),

@@ -189,7 +189,7 @@ def run(cfg: LaunchConfig, training_client=None) -> dict:
         if logs and "Running" in conds:
             logs.start()
         if time.monotonic() >= deadline:
-            latest = max(conds.values(), key=lambda c: c.get("lastTransitionTime") or "", default=None)
+            latest = list(conds.values())[-1] if conds else None  # operators append conditions in order
             tc.delete_job(cfg.name, namespace=cfg.namespace)
             raise JobFailed(f"PyTorchJob {cfg.namespace}/{cfg.name} did not finish within {cfg.timeout_s}s "
                             f"(last condition {_reason(latest)}); deleted it to free its GPUs")

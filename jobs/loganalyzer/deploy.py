@@ -1,0 +1,133 @@
+"""Serve a trained model with a KServe **InferenceService** (create or update it) and wait until it is Ready.
+
+    loganalyzer deploy --name loganalyzer-chat --storage-uri pvc://loganalyzer-data/runs/1/models/cpt_sft
+
+The predictor uses KServe's Hugging Face serving runtime (``modelFormat: huggingface``; vLLM backend on GPU),
+which exposes the OpenAI-compatible API under ``<status.url>/openai/v1``; that URL is printed and returned.
+Created, updated and watched through the ``kserve`` SDK's ``KServeClient``. An existing service of the same name is
+replaced in place and the launcher waits for the new generation to be Ready. Not Ready within ``timeout_s``:
+exits 1 with the Ready condition's reason and message.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from kubernetes import client as k8s
+from pydantic import Field
+
+from loganalyzer import k8s as kube
+from loganalyzer.config import StageConfig, parse_config
+from loganalyzer.launch import K8S_NAME
+
+log = logging.getLogger("loganalyzer.deploy")
+
+
+class DeployConfig(StageConfig):
+    """Create or update the InferenceService serving a model and wait until it is Ready."""
+
+    name: str = Field(pattern=K8S_NAME, max_length=45, description="InferenceService name")
+    storage_uri: str = Field(description="model location: pvc://<claim>/<path>, s3://... or hf://...")
+    namespace: str = Field(default="loganalyzer", description="namespace of the InferenceService")
+    served_model_name: str = Field(default="loganalyzer", description="model name clients send in requests")
+    max_model_len: int = Field(default=8192, gt=0, description="context length the server allocates for")
+    gpus: int = Field(default=1, ge=0, description="nvidia.com/gpu for the predictor (0: CPU backend)")
+    cpu: str | None = Field(default=None, description="CPU request, e.g. '8'")
+    memory: str | None = Field(default=None, description="memory request, e.g. '48Gi'")
+    min_replicas: int = Field(default=1, ge=0, description="autoscaling lower bound (0: scale to zero)")
+    max_replicas: int = Field(default=1, ge=1, description="autoscaling upper bound")
+    runtime: str | None = Field(default=None, description="ServingRuntime name (unset: KServe picks by format)")
+    args: list[str] = Field(default=[], description="extra arguments for the serving runtime")
+    service_account: str | None = Field(default=None,
+                                        description="predictor ServiceAccount (S3 credentials for s3:// URIs)")
+    node_selector: dict[str, str] = Field(default={}, description="predictor nodeSelector")
+    tolerations: list[dict] = Field(default=[], description="predictor tolerations")
+    timeout_s: int = Field(default=1800, gt=0, description="fail when not Ready after this many seconds")
+    poll_s: float = Field(default=10, gt=0, description="seconds between readiness checks")
+
+
+def inference_service(cfg: DeployConfig):
+    """The ``V1beta1InferenceService`` for ``cfg``."""
+    import kserve
+
+    requests = {k: v for k, v in (("cpu", cfg.cpu), ("memory", cfg.memory)) if v}
+    limits = {}
+    if cfg.gpus:
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(cfg.gpus)
+    volumes, mounts = kube.scratch_volumes(shm_size="16Gi" if cfg.gpus else None)
+    model = kserve.V1beta1ModelSpec(
+        model_format=kserve.V1beta1ModelFormat(name="huggingface"), storage_uri=cfg.storage_uri,
+        runtime=cfg.runtime,
+        args=[f"--model_name={cfg.served_model_name}", f"--max_model_len={cfg.max_model_len}", *cfg.args],
+        env=kube.env_list({"HOME": "/tmp", "HF_HUB_OFFLINE": "1"}),
+        resources=k8s.V1ResourceRequirements(requests=requests or None, limits=limits or None),
+        volume_mounts=mounts, security_context=kube.container_security_context())
+    predictor = kserve.V1beta1PredictorSpec(
+        model=model, min_replicas=cfg.min_replicas, max_replicas=cfg.max_replicas, volumes=volumes,
+        service_account_name=cfg.service_account, security_context=kube.pod_security_context(),
+        node_selector=cfg.node_selector or None, tolerations=kube.tolerations(cfg.tolerations) or None)
+    return kserve.V1beta1InferenceService(
+        api_version="serving.kserve.io/v1beta1", kind="InferenceService",
+        metadata=k8s.V1ObjectMeta(name=cfg.name, namespace=cfg.namespace, labels=kube.labels("serving")),
+        spec=kserve.V1beta1InferenceServiceSpec(predictor=predictor))
+
+
+class NotReady(RuntimeError):
+    """The InferenceService did not become Ready in time."""
+
+
+def run(cfg: DeployConfig, kserve_client=None) -> str:
+    """Create or replace the InferenceService, wait for Ready; return its OpenAI-compatible base URL.
+
+    Raises NotReady with the Ready condition's reason after ``timeout_s``.
+    """
+    from kserve import KServeClient
+
+    kc = kserve_client or KServeClient()
+    isvc = inference_service(cfg)
+    try:
+        current = kc.get(cfg.name, namespace=cfg.namespace)
+    except RuntimeError as exc:  # the SDK wraps every API error; only "not found" means "create it"
+        if "Not Found" not in str(exc) and "404" not in str(exc):
+            raise
+        current = None
+    if current is None:
+        out = kc.create(isvc, namespace=cfg.namespace)
+        log.info("created InferenceService %s/%s (%s)", cfg.namespace, cfg.name, cfg.storage_uri)
+    else:
+        isvc.metadata.resource_version = current["metadata"]["resourceVersion"]
+        out = kc.replace(cfg.name, isvc, namespace=cfg.namespace)
+        log.info("updated InferenceService %s/%s to %s", cfg.namespace, cfg.name, cfg.storage_uri)
+    generation = out["metadata"].get("generation")
+    try:
+        kc.wait_isvc_ready(cfg.name, namespace=cfg.namespace, timeout_seconds=cfg.timeout_s,
+                           polling_interval=cfg.poll_s, expected_generation=generation)
+    except RuntimeError:
+        ready = kube.condition(kc.get(cfg.name, namespace=cfg.namespace), "Ready")
+        why = f"{ready.get('reason') or ready.get('status')}: {ready.get('message') or '(no message)'}" \
+            if ready else "no Ready condition reported (is KServe installed and a runtime for huggingface there?)"
+        raise NotReady(f"InferenceService {cfg.namespace}/{cfg.name} not Ready after {cfg.timeout_s}s: "
+                       f"{why}") from None
+    status = kc.get(cfg.name, namespace=cfg.namespace)["status"]
+    # status.url is the external (ingress) URL; without an ingress only the cluster-local address exists.
+    url = (status.get("url") or status.get("address", {}).get("url", "")).rstrip("/") + "/openai/v1"
+    log.info("InferenceService %s/%s is Ready: %s (model %r)", cfg.namespace, cfg.name, url,
+             cfg.served_model_name)
+    return url
+
+
+def main(argv: list[str] | None = None) -> None:
+    from loganalyzer.logs import setup_logging
+
+    setup_logging()
+    cfg = parse_config(DeployConfig, "deploy", argv)
+    try:
+        print(run(cfg))
+    except NotReady as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

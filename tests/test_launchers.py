@@ -1,0 +1,241 @@
+"""The PyTorchJob and InferenceService launchers against a real API server (kube-local), running with the
+pipeline ServiceAccount's own token (so the shipped RBAC is enough). No operator runs there: the tests patch
+``status`` the way the Training Operator and KServe would (Succeeded, Failed, stuck) and check what the
+launchers report."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import yaml
+from kube_helpers import ROOT, kustomize
+
+from loganalyzer.deploy import DeployConfig, NotReady
+from loganalyzer.deploy import run as deploy
+from loganalyzer.launch import JobFailed, LaunchConfig
+from loganalyzer.launch import run as launch
+
+NS = f"loganalyzer-launch-{os.getpid()}"  # fresh per session: a reused kube-local keeps earlier objects
+PYTORCHJOB = ("kubeflow.org", "v1", "pytorchjobs")
+ISVC = ("serving.kserve.io", "v1beta1", "inferenceservices")
+
+
+@pytest.fixture(scope="module")
+def cluster(kube, tmp_path_factory):
+    """(admin CustomObjectsApi, kubeconfig of the loganalyzer-pipeline ServiceAccount) in namespace NS."""
+    from kubernetes import client, config
+
+    docs = [d for d in kustomize(ROOT / "manifests" / "base")
+            if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+    for d in docs:
+        d["metadata"]["namespace"] = NS
+        for s in d.get("subjects", []):
+            s["namespace"] = NS
+    kube.ensure_namespace(NS)
+    kube.kubectl("apply", "-n", NS, "-f", "-", input=yaml.safe_dump_all(docs))
+    admin = config.new_client_from_config(config_file=kube.kubeconfig)
+    core = client.CoreV1Api(admin)
+    deadline = time.monotonic() + 60
+    while True:  # v1.20's token controller creates the ServiceAccount's token Secret
+        secrets = core.list_namespaced_secret(NS, field_selector="type=kubernetes.io/service-account-token")
+        token = next((s for s in secrets.items
+                      if s.metadata.annotations.get("kubernetes.io/service-account.name") == "loganalyzer-pipeline"),
+                     None)
+        if token or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert token, "no token Secret for loganalyzer-pipeline"
+    kc = yaml.safe_load(open(kube.kubeconfig))
+    kc["users"] = [{"name": "sa", "user": {"token": base64.b64decode(token.data["token"]).decode()}}]
+    for ctx in kc["contexts"]:
+        ctx["context"]["user"] = "sa"
+        ctx["context"]["namespace"] = NS
+    path = tmp_path_factory.mktemp("sa") / "kubeconfig"
+    path.write_text(yaml.safe_dump(kc))
+    yield client.CustomObjectsApi(admin), str(path)
+    kube.kubectl("delete", "namespace", NS, "--wait=false", check=False)
+
+
+def _in_thread(fn, *args):
+    box: dict = {}
+
+    def target():
+        try:
+            box["result"] = fn(*args)
+        except BaseException as exc:  # handed to the test
+            box["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t, box
+
+
+def _wait_for(api, kind, name, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return api.get_namespaced_custom_object(kind[0], kind[1], NS, kind[2], name)
+        except Exception:
+            time.sleep(0.1)
+    raise AssertionError(f"{kind[2]}/{name} was never created")
+
+
+def _conditions(*types, failed_reason=None):
+    now = "2026-11-21T00:00:00Z"
+    conds = [{"type": t, "status": "True", "reason": f"PyTorchJob{t}", "message": f"PyTorchJob is {t.lower()}.",
+              "lastUpdateTime": now, "lastTransitionTime": now} for t in types]
+    if failed_reason:
+        conds[-1].update(reason=failed_reason[0], message=failed_reason[1])
+    return {"status": {"conditions": conds}}
+
+
+def _patch_status(api, kind, name, body):
+    api.patch_namespaced_custom_object_status(kind[0], kind[1], NS, kind[2], name, body)
+
+
+@pytest.fixture
+def training_client(cluster):
+    from kubeflow.training import TrainingClient
+
+    return TrainingClient(config_file=cluster[1], namespace=NS)
+
+
+def _launch_cfg(name, **kw):
+    return LaunchConfig(name=name, namespace=NS, recipe="sft_lora", nproc_per_node=4, poll_s=0.1,
+                        args=["train_file=/data/runs/t/datasets/sft_train.jsonl"], **kw)
+
+
+def test_pytorchjob_succeeded(cluster, training_client):
+    api, _ = cluster
+    t, box = _in_thread(launch, _launch_cfg("t-ok", nodes=2), training_client)
+    job = _wait_for(api, PYTORCHJOB, "t-ok")
+    spec = job["spec"]
+    assert spec["nprocPerNode"] == "4" and spec["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
+    container = spec["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["--config", "sft_lora", "train_file=/data/runs/t/datasets/sft_train.jsonl"]
+    _patch_status(api, PYTORCHJOB, "t-ok", _conditions("Created", "Running"))
+    time.sleep(0.5)
+    assert t.is_alive(), box
+    _patch_status(api, PYTORCHJOB, "t-ok", _conditions("Created", "Running", "Succeeded"))
+    t.join(30)
+    assert not t.is_alive() and "error" not in box, box
+    assert box["result"]["metadata"]["name"] == "t-ok"
+
+
+def test_pytorchjob_failed_reports_the_reason(cluster, training_client):
+    api, _ = cluster
+    t, box = _in_thread(launch, _launch_cfg("t-fail"), training_client)
+    _wait_for(api, PYTORCHJOB, "t-fail")
+    _patch_status(api, PYTORCHJOB, "t-fail", _conditions(
+        "Created", "Running", "Failed",
+        failed_reason=("PyTorchJobFailed", "PyTorchJob t-fail is failed because 1 Master replica(s) failed.")))
+    t.join(30)
+    assert isinstance(box.get("error"), JobFailed)
+    assert "PyTorchJobFailed: PyTorchJob t-fail is failed because 1 Master replica(s) failed." in str(box["error"])
+
+
+def test_pytorchjob_stuck_times_out_and_is_deleted(cluster, training_client):
+    api, _ = cluster
+    t, box = _in_thread(launch, _launch_cfg("t-stuck", timeout_s=3), training_client)
+    _wait_for(api, PYTORCHJOB, "t-stuck")
+    _patch_status(api, PYTORCHJOB, "t-stuck", _conditions("Created", "Running"))
+    t.join(30)
+    assert isinstance(box.get("error"), JobFailed)
+    assert "did not finish within 3s" in str(box["error"]) and "PyTorchJobRunning" in str(box["error"])
+    with pytest.raises(Exception, match="Not Found"):
+        api.get_namespaced_custom_object(*PYTORCHJOB[:2], NS, PYTORCHJOB[2], "t-stuck")
+
+
+def test_rerun_attaches_or_replaces(cluster, training_client):
+    """A KFP retry: a Succeeded job is reused as is, a Failed one replaced by a fresh job."""
+    api, _ = cluster
+    t, _ = _in_thread(launch, _launch_cfg("t-rerun"), training_client)
+    first = _wait_for(api, PYTORCHJOB, "t-rerun")
+    _patch_status(api, PYTORCHJOB, "t-rerun", _conditions("Created", "Succeeded"))
+    t.join(30)
+    again = launch(_launch_cfg("t-rerun"), training_client)
+    assert again["metadata"]["uid"] == first["metadata"]["uid"]
+
+    _patch_status(api, PYTORCHJOB, "t-rerun", _conditions("Created", "Failed", failed_reason=("X", "y")))
+    t, box = _in_thread(launch, _launch_cfg("t-rerun"), training_client)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        job = _wait_for(api, PYTORCHJOB, "t-rerun")
+        if job["metadata"]["uid"] != first["metadata"]["uid"]:
+            break
+        time.sleep(0.1)
+    assert job["metadata"]["uid"] != first["metadata"]["uid"] and not job.get("status")
+    _patch_status(api, PYTORCHJOB, "t-rerun", _conditions("Created", "Succeeded"))
+    t.join(30)
+    assert "error" not in box, box
+
+
+def test_launch_cli_exit_code(cluster):
+    """`loganalyzer launch` as a KFP task runs it: a stuck job ends with exit 1 and the reason on stderr."""
+    result = subprocess.run(
+        [sys.executable, "-m", "loganalyzer.launch", "--name", "t-cli", "--namespace", NS, "--recipe", "sft_lora",
+         "timeout_s=2", "poll_s=0.2", "follow_logs=false"],
+        env={**os.environ, "KUBECONFIG": cluster[1]}, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "did not finish within 2s" in result.stderr
+
+
+def _deploy_cfg(name, **kw):
+    return DeployConfig(**{"name": name, "namespace": NS, "storage_uri": "pvc://loganalyzer-models/t/cpt_sft",
+                           "poll_s": 0.2, **kw})
+
+
+def _ready(status: str, generation: int, reason: str = "", message: str = "", url="http://chat.example.com"):
+    cond = {"type": "Ready", "status": status, "lastTransitionTime": "2026-11-21T00:00:00Z"}
+    if reason:
+        cond.update(reason=reason, message=message)
+    return {"status": {"conditions": [cond], "url": url, "observedGeneration": generation}}
+
+
+@pytest.fixture
+def kserve_client(cluster):
+    from kserve import KServeClient
+
+    return KServeClient(config_file=cluster[1])
+
+
+def test_inferenceservice_create_then_update(cluster, kserve_client):
+    api, _ = cluster
+    t, box = _in_thread(deploy, _deploy_cfg("t-chat"), kserve_client)
+    isvc = _wait_for(api, ISVC, "t-chat")
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["modelFormat"] == {"name": "huggingface"} and model["storageUri"].startswith("pvc://")
+    assert model["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    _patch_status(api, ISVC, "t-chat", _ready("True", isvc["metadata"]["generation"]))
+    t.join(30)
+    assert box.get("result") == "http://chat.example.com/openai/v1", box
+
+    # update in place: the old generation's Ready must not count
+    t, box = _in_thread(deploy, _deploy_cfg("t-chat", storage_uri="pvc://loganalyzer-models/t2/cpt_sft"),
+                        kserve_client)
+    deadline = time.monotonic() + 30
+    while (isvc := _wait_for(api, ISVC, "t-chat"))["metadata"]["generation"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "pvc://loganalyzer-models/t2/cpt_sft"
+    time.sleep(1)
+    assert t.is_alive(), box
+    _patch_status(api, ISVC, "t-chat", _ready("True", isvc["metadata"]["generation"]))
+    t.join(30)
+    assert box.get("result") == "http://chat.example.com/openai/v1", box
+
+
+def test_inferenceservice_not_ready_reports_the_reason(cluster, kserve_client):
+    api, _ = cluster
+    t, box = _in_thread(deploy, _deploy_cfg("t-broken", timeout_s=2), kserve_client)
+    isvc = _wait_for(api, ISVC, "t-broken")
+    _patch_status(api, ISVC, "t-broken", _ready("False", isvc["metadata"]["generation"], "RevisionFailed",
+                                                "Revision t-broken-predictor-00001 failed with message: OOMKilled"))
+    t.join(30)
+    assert isinstance(box.get("error"), NotReady), box
+    assert "RevisionFailed: Revision t-broken-predictor-00001 failed with message: OOMKilled" in str(box["error"])

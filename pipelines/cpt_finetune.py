@@ -1,33 +1,71 @@
-"""The loganalyzer DAG, written once with the KFP v2 DSL.
+"""The loganalyzer DAG, written once with the KFP v2 DSL, built for two targets.
 
-    chunk -> base-model -> synthesize -> build-datasets -> cpt -> sft(cpt) ┐
-                                                       └──> sft(base) ────┴-> evaluate -> finish
+    paths -> chunk -> base-model -> synthesize -> build-datasets -> cpt -> sft(cpt) ┐
+                                                                └──> sft(base) ────┴-> evaluate -> finish
+                                                                                     (cluster: └-> deploy)
 
-``make demo`` runs this definition with kfp's local runner (``SubprocessRunner(use_venv=False)``) through
-``loganalyzer demo``; the Kubernetes work compiles the same DAG for a cluster. Each component is a thin wrapper
-around ``loganalyzer.steps``; paths live on a filesystem shared by the steps (``run_dir``). MLflow: ``start``
-opens one parent run, every stage logs a nested run under it, ``finish`` attaches the report and closes it.
+``build("local")``: training runs in the task's own process; ``make demo`` runs it with kfp's local runner
+(``loganalyzer demo``). ``build("cluster")``: CPT and SFT are PyTorchJobs launched and watched by
+``loganalyzer.launch`` (8 and 4 GPUs by default), evaluation runs on one GPU in the train image, the final model is
+served by a KServe InferenceService (``loganalyzer.deploy``), every task mounts the data and models PVCs, and
+Secrets (teacher key, MLflow and Hub credentials) come in through ``kfp.kubernetes``. ``make pipeline`` compiles
+the cluster target into ``pipelines/cpt-finetune.yaml`` (Pipeline + PipelineVersion for ``kubectl apply``).
+
+Each component is a thin wrapper around ``loganalyzer.steps``. MLflow: ``start`` opens one parent run tagged with
+the KFP run id, every stage logs a nested run under it, ``finish`` attaches the report and closes it.
 """
 
 # No `from __future__ import annotations`: KFP reads the real type annotations of components.
 
+import functools
 import os
+from typing import NamedTuple
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 from kfp.dsl import Metrics, Output
 
-# The image holding the loganalyzer package (built by `make images`); the local runner ignores it.
-JOBS_IMAGE = os.environ.get("LOGANALYZER_JOBS_IMAGE", "loganalyzer-jobs-python:0.1.0")
+# The images holding the loganalyzer package (`make images`); the local runner ignores them.
+TAG = os.environ.get("LOGANALYZER_IMAGE_TAG", "0.1.0")
+REGISTRY = os.environ.get("LOGANALYZER_IMAGE_REGISTRY", "")
+JOBS_IMAGE = f"{REGISTRY + '/' if REGISTRY else ''}loganalyzer-jobs:{TAG}"
+TRAIN_IMAGE = f"{REGISTRY + '/' if REGISTRY else ''}loganalyzer-train:{TAG}"
+
+# Cluster wiring; the same names as in manifests/ and the Helm chart (release name "loganalyzer").
+DATA_PVC, MODELS_PVC = "loganalyzer-data", "loganalyzer-models"
+DATA_ROOT, MODELS_ROOT = "/data", "/models"
+# Secrets as env, all optional (a cluster without one still runs), each only where it is used:
+# MLflow credentials everywhere, the teacher's key for synthesize, the Hub token where the base model is loaded.
+MLFLOW_SECRET = ("loganalyzer-mlflow", {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+                                        "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"})
+TEACHER_SECRET = ("loganalyzer-teacher", {"OPENAI_API_KEY": "OPENAI_API_KEY"})
+HF_SECRET = ("loganalyzer-hf", {"HF_TOKEN": "HF_TOKEN"})
+UID = 1000
+TARGETS = ("local", "cluster")
+
+# The images already hold kfp (pinned with everything else), so tasks never pip-install it at run time:
+# an air-gapped cluster runs the pipeline as is.
+component = functools.partial(dsl.component, install_kfp_package=False)
 
 
-@dsl.component(base_image=JOBS_IMAGE)
-def start(run_name: str, params: dict, tracking_uri: str, experiment: str) -> str:
+@component(base_image=JOBS_IMAGE)
+def start(run_name: str, params: dict, tracking_uri: str, experiment: str, kfp_run_id: str) -> str:
     from loganalyzer import steps
 
-    return steps.start(run_name, params, tracking_uri, experiment)
+    return steps.start(run_name, params, tracking_uri, experiment, kfp_run_id)
 
 
-@dsl.component(base_image=JOBS_IMAGE)
+@component(base_image=JOBS_IMAGE)
+def paths(run_dir: str, run_id: str, data_root: str,
+          models_root: str) -> NamedTuple("Paths", run_dir=str, models_dir=str, job_prefix=str):
+    from collections import namedtuple
+
+    from loganalyzer import steps
+
+    return namedtuple("Paths", "run_dir models_dir job_prefix")(*steps.paths(run_dir, run_id, data_root,
+                                                                              models_root))
+
+
+@component(base_image=JOBS_IMAGE)
 def chunk(logs: list, run_dir: str, max_chunks_per_file: int, seed: int, tracking_uri: str, experiment: str,
           parent_run_id: str) -> str:
     from loganalyzer import steps
@@ -36,7 +74,7 @@ def chunk(logs: list, run_dir: str, max_chunks_per_file: int, seed: int, trackin
     return steps.chunk(logs, run_dir, max_chunks_per_file, seed)
 
 
-@dsl.component(base_image=JOBS_IMAGE)
+@component(base_image=JOBS_IMAGE)
 def base_model(base_model: str, run_dir: str, chunks: str) -> str:
     from loganalyzer import steps
 
@@ -44,7 +82,7 @@ def base_model(base_model: str, run_dir: str, chunks: str) -> str:
     return steps.base_model(base_model, run_dir, chunks)
 
 
-@dsl.component(base_image=JOBS_IMAGE)
+@component(base_image=JOBS_IMAGE)
 def synthesize(chunks: str, run_dir: str, teacher_base_url: str, teacher_model: str, local_teacher: str,
                tasks: list, concurrency: int, max_tokens: int, limit: int, tracking_uri: str, experiment: str,
                parent_run_id: str) -> str:
@@ -55,7 +93,7 @@ def synthesize(chunks: str, run_dir: str, teacher_base_url: str, teacher_model: 
                             max_tokens, limit)
 
 
-@dsl.component(base_image=JOBS_IMAGE)
+@component(base_image=JOBS_IMAGE)
 def build_datasets(chunks: str, synth: str, run_dir: str, tokenizer: str, nlplog: list, loghub_structured: list,
                    val_size: int, test_size: int, max_seq_length: int, tracking_uri: str, experiment: str,
                    parent_run_id: str) -> str:
@@ -66,7 +104,7 @@ def build_datasets(chunks: str, synth: str, run_dir: str, tokenizer: str, nlplog
                                 max_seq_length)
 
 
-@dsl.component(base_image=JOBS_IMAGE)
+@component(base_image=JOBS_IMAGE)
 def train(recipe: str, model: str, train_file: str, eval_file: str, output_dir: str, overrides: dict,
           tracking_uri: str, experiment: str, parent_run_id: str) -> str:
     from loganalyzer import steps
@@ -75,7 +113,18 @@ def train(recipe: str, model: str, train_file: str, eval_file: str, output_dir: 
     return steps.train(recipe, model, train_file, eval_file, output_dir, overrides)
 
 
-@dsl.component(base_image=JOBS_IMAGE)
+@component(base_image=JOBS_IMAGE)
+def launch_training(name: str, recipe: str, model: str, train_file: str, eval_file: str, output_dir: str,
+                    overrides: dict, image: str, nodes: int, nproc_per_node: int, namespace: str,
+                    tracking_uri: str, experiment: str, parent_run_id: str) -> str:
+    from loganalyzer import steps
+
+    steps.use_tracking(tracking_uri, experiment, parent_run_id)
+    return steps.launch_training(name, recipe, model, train_file, eval_file, output_dir, overrides, image, nodes,
+                                 nproc_per_node, namespace)
+
+
+@component(base_image=TRAIN_IMAGE)
 def evaluate(test: str, base: str, sft: str, cpt_sft: str, run_dir: str, max_new_tokens: int, limit: int,
              tracking_uri: str, experiment: str, parent_run_id: str, metrics: Output[Metrics]) -> str:
     from loganalyzer import steps
@@ -89,64 +138,133 @@ def evaluate(test: str, base: str, sft: str, cpt_sft: str, run_dir: str, max_new
     return f"{run_dir}/eval/report.json"
 
 
-@dsl.component(base_image=JOBS_IMAGE)
+@component(base_image=JOBS_IMAGE)
+def deploy(name: str, model_dir: str, models_pvc: str, models_root: str, namespace: str) -> str:
+    from loganalyzer import steps
+
+    steps.use_tracking("", "", "")
+    return steps.deploy(name, model_dir, models_pvc, models_root, namespace)
+
+
+@component(base_image=JOBS_IMAGE)
 def finish(parent_run_id: str, tracking_uri: str, experiment: str, report_file: str):
     from loganalyzer import steps
 
     steps.finish(parent_run_id, tracking_uri, experiment, report_file)
 
 
-@dsl.pipeline(name="loganalyzer-cpt-finetune",
-              description="Chunk Loghub logs, synthesize data with a teacher LLM, CPT + LoRA SFT, evaluate.")
-def cpt_finetune(
-    logs: list,
-    run_dir: str,
-    base_model_name: str = "meta-llama/Llama-3.1-8B-Instruct",
-    teacher_base_url: str = "",
-    teacher_model: str = "gpt-4o-mini",
-    tasks: list = ["summarize", "root_cause", "find_patterns", "compare_halves", "conversation", "nlplog_qa"],
-    max_chunks_per_file: int = 300,
-    synth_limit: int = 0,
-    synth_concurrency: int = 16,
-    synth_max_tokens: int = 1024,
-    nlplog: list = [],
-    loghub_structured: list = [],
-    val_size: int = 100,
-    test_size: int = 100,
-    max_seq_length: int = 8192,
-    cpt_recipe: str = "cpt_full_zero3",
-    sft_recipe: str = "sft_lora",
-    cpt_overrides: dict = {},
-    sft_overrides: dict = {},
-    eval_max_new_tokens: int = 512,
-    eval_limit: int = 0,
-    seed: int = 1309,
-    tracking_uri: str = "",
-    experiment: str = "loganalyzer",
-):
-    track = dict(tracking_uri=tracking_uri, experiment=experiment)
-    parent = start(run_name="cpt-finetune", params={"base_model": base_model_name, "teacher": teacher_model,
-                                                    "cpt_recipe": cpt_recipe, "sft_recipe": sft_recipe},
-                   **track).set_display_name("mlflow-start")
-    pid = parent.output
-    chunks = chunk(logs=logs, run_dir=run_dir, max_chunks_per_file=max_chunks_per_file, seed=seed,
-                   parent_run_id=pid, **track)
-    base = base_model(base_model=base_model_name, run_dir=run_dir, chunks=chunks.output)
-    synth = synthesize(chunks=chunks.output, run_dir=run_dir, teacher_base_url=teacher_base_url,
-                       teacher_model=teacher_model, local_teacher=base.output, tasks=tasks,
-                       concurrency=synth_concurrency, max_tokens=synth_max_tokens, limit=synth_limit,
-                       parent_run_id=pid, **track)
-    data = build_datasets(chunks=chunks.output, synth=synth.output, run_dir=run_dir, tokenizer=base.output,
-                          nlplog=nlplog, loghub_structured=loghub_structured, val_size=val_size,
-                          test_size=test_size, max_seq_length=max_seq_length, parent_run_id=pid, **track)
-    cpt = train(recipe=cpt_recipe, model=base.output, train_file=f"{data.output}/cpt_train.jsonl", eval_file="",
-                output_dir=f"{run_dir}/models/cpt", overrides=cpt_overrides, parent_run_id=pid,
-                **track).set_display_name("cpt")
-    sft_args = dict(recipe=sft_recipe, train_file=f"{data.output}/sft_train.jsonl",
-                    eval_file=f"{data.output}/sft_val.jsonl", overrides=sft_overrides, parent_run_id=pid, **track)
-    cpt_sft = train(model=cpt.output, output_dir=f"{run_dir}/models/cpt_sft", **sft_args).set_display_name("sft-cpt")
-    sft = train(model=base.output, output_dir=f"{run_dir}/models/sft", **sft_args).set_display_name("sft-base")
-    report = evaluate(test=f"{data.output}/sft_test.jsonl", base=base.output, sft=sft.output,
-                      cpt_sft=cpt_sft.output, run_dir=run_dir, max_new_tokens=eval_max_new_tokens,
-                      limit=eval_limit, parent_run_id=pid, **track)
-    finish(parent_run_id=pid, report_file=report.outputs["Output"], **track)
+def _on_cluster(task: dsl.PipelineTask, *secrets: tuple[str, dict]) -> dsl.PipelineTask:
+    """PVC mounts, Secrets as env, non-root: what every cluster task gets."""
+    kubernetes.mount_pvc(task, pvc_name=DATA_PVC, mount_path=DATA_ROOT)
+    kubernetes.mount_pvc(task, pvc_name=MODELS_PVC, mount_path=MODELS_ROOT)
+    for secret, keys in (MLFLOW_SECRET, *secrets):
+        kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=keys, optional=True)
+    kubernetes.set_security_context(task, run_as_user=UID, run_as_group=UID, run_as_non_root=True)
+    return task
+
+
+def build(target: str = "local"):
+    """The pipeline for ``target`` ("local" or "cluster"); both take the same parameters."""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    cluster = target == "cluster"
+
+    @dsl.pipeline(name="loganalyzer-cpt-finetune",
+                  description="Chunk Loghub logs, synthesize data with a teacher LLM, CPT + LoRA SFT, evaluate"
+                              + (", deploy." if cluster else "."))
+    def cpt_finetune(
+        logs: list = [f"{DATA_ROOT}/logs"],
+        run_dir: str = "",
+        base_model_name: str = "meta-llama/Llama-3.1-8B-Instruct",
+        teacher_base_url: str = "",
+        teacher_model: str = "gpt-4o-mini",
+        tasks: list = ["summarize", "root_cause", "find_patterns", "compare_halves", "conversation", "nlplog_qa"],
+        max_chunks_per_file: int = 300,
+        synth_limit: int = 0,
+        synth_concurrency: int = 16,
+        synth_max_tokens: int = 1024,
+        nlplog: list = [],
+        loghub_structured: list = [],
+        val_size: int = 100,
+        test_size: int = 100,
+        max_seq_length: int = 8192,
+        cpt_recipe: str = "cpt_full_zero3",
+        sft_recipe: str = "sft_lora",
+        cpt_overrides: dict = {},
+        sft_overrides: dict = {},
+        cpt_nodes: int = 1,
+        cpt_nproc_per_node: int = 8,
+        sft_nodes: int = 1,
+        sft_nproc_per_node: int = 4,
+        train_image: str = TRAIN_IMAGE,
+        namespace: str = "",
+        serve_name: str = "loganalyzer-chat",
+        eval_max_new_tokens: int = 512,
+        eval_limit: int = 0,
+        seed: int = 1309,
+        tracking_uri: str = "http://loganalyzer-mlflow:5000" if cluster else "",
+        experiment: str = "loganalyzer",
+    ):
+        def task(t: dsl.PipelineTask, name: str | None = None, secrets=()) -> dsl.PipelineTask:
+            if name:
+                t.set_display_name(name)
+            return _on_cluster(t, *secrets) if cluster else t
+
+        track = dict(tracking_uri=tracking_uri, experiment=experiment)
+        where = task(paths(run_dir=run_dir, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, data_root=DATA_ROOT,
+                           models_root=MODELS_ROOT))
+        rdir, mdir, prefix = (where.outputs[k] for k in ("run_dir", "models_dir", "job_prefix"))
+        parent = task(start(run_name="cpt-finetune", kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                            params={"base_model": base_model_name, "teacher": teacher_model,
+                                    "cpt_recipe": cpt_recipe, "sft_recipe": sft_recipe}, **track), "mlflow-start")
+        pid = parent.output
+        chunks = task(chunk(logs=logs, run_dir=rdir, max_chunks_per_file=max_chunks_per_file, seed=seed,
+                            parent_run_id=pid, **track))
+        base = task(base_model(base_model=base_model_name, run_dir=rdir, chunks=chunks.output), secrets=[HF_SECRET])
+        synth = task(synthesize(chunks=chunks.output, run_dir=rdir, teacher_base_url=teacher_base_url,
+                                teacher_model=teacher_model, local_teacher=base.output, tasks=tasks,
+                                concurrency=synth_concurrency, max_tokens=synth_max_tokens, limit=synth_limit,
+                                parent_run_id=pid, **track), secrets=[TEACHER_SECRET])
+        data = task(build_datasets(chunks=chunks.output, synth=synth.output, run_dir=rdir, tokenizer=base.output,
+                                   nlplog=nlplog, loghub_structured=loghub_structured, val_size=val_size,
+                                   test_size=test_size, max_seq_length=max_seq_length, parent_run_id=pid,
+                                   **track), secrets=[HF_SECRET])
+
+        def trainer(name, recipe, model, train_file, eval_file, overrides, nodes, nproc):
+            common = dict(recipe=recipe, model=model, train_file=train_file, eval_file=eval_file,
+                          output_dir=f"{mdir}/{name.replace('-', '_')}", overrides=overrides, parent_run_id=pid,
+                          **track)
+            if cluster:
+                return task(launch_training(name=f"{prefix}-{name}", image=train_image, nodes=nodes,
+                                            nproc_per_node=nproc, namespace=namespace, **common), name)
+            return task(train(**common), name)
+
+        cpt = trainer("cpt", cpt_recipe, base.output, f"{data.output}/cpt_train.jsonl", "", cpt_overrides,
+                      cpt_nodes, cpt_nproc_per_node)
+        sft_files = (f"{data.output}/sft_train.jsonl", f"{data.output}/sft_val.jsonl", sft_overrides, sft_nodes,
+                     sft_nproc_per_node)
+        cpt_sft = trainer("cpt-sft", sft_recipe, cpt.output, *sft_files)
+        sft = trainer("sft", sft_recipe, base.output, *sft_files)
+        report = task(evaluate(test=f"{data.output}/sft_test.jsonl", base=base.output, sft=sft.output,
+                               cpt_sft=cpt_sft.output, run_dir=rdir, max_new_tokens=eval_max_new_tokens,
+                               limit=eval_limit, parent_run_id=pid, **track), secrets=[HF_SECRET])
+        task(finish(parent_run_id=pid, report_file=report.outputs["Output"], **track))
+        if cluster:
+            report.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+            task(deploy(name=serve_name, model_dir=cpt_sft.output, models_pvc=MODELS_PVC, models_root=MODELS_ROOT,
+                        namespace=namespace).after(report))
+
+    return cpt_finetune
+
+
+def compile_cluster(path: str) -> None:
+    """Write the cluster pipeline as KFP's Kubernetes manifests (Pipeline + PipelineVersion, v2beta1)."""
+    from kfp import compiler
+    from kfp.compiler.compiler_utils import KubernetesManifestOptions
+
+    compiler.Compiler().compile(
+        build("cluster"), path, kubernetes_manifest_format=True,
+        kubernetes_manifest_options=KubernetesManifestOptions(
+            pipeline_name="loganalyzer-cpt-finetune", pipeline_display_name="loganalyzer: CPT + LoRA SFT",
+            pipeline_version_name=f"loganalyzer-cpt-finetune-{TAG.replace('.', '-')}",
+            include_pipeline_manifest=True))

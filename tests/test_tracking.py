@@ -43,7 +43,6 @@ def test_parent_and_nested_stage_runs_on_a_real_server(mlflow_server, monkeypatc
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "test-tracking")
-    monkeypatch.setenv("KFP_RUN_ID", "kfp-run-123")
     parent = tracking.start_parent("pipeline", {"base_model": "tiny"}, tags={"kfp.run_id": "kfp-run-123"})
     monkeypatch.setenv(tracking.PARENT_ENV, parent)
     chunk(ChunkConfig(logs=[str(loghub_file("HDFS"))], out=str(tmp_path / "c.jsonl"), max_chunks_per_file=2))

@@ -16,6 +16,7 @@ COMMANDS = {
     "deploy": ("loganalyzer.deploy", "create/update the KServe InferenceService for a model, wait until Ready"),
     "serve": ("loganalyzer.serve", "OpenAI-compatible server for a model dir on loopback"),
     "tiny-model": ("loganalyzer.tiny_model", "build a tiny local Llama + tokenizer (no hub needed)"),
+    "pipeline": ("loganalyzer.pipeline", "compile the Kubeflow pipeline, or start a run on a KFP endpoint"),
     "demo": ("loganalyzer.demo", "run the whole pipeline on one machine (kfp local runner)"),
 }
 

@@ -10,7 +10,6 @@ Outputs under ``--out`` (default ``runs/demo``): ``chunks.jsonl``, ``synth/``, `
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 from pydantic import Field
 
 from loganalyzer.config import ConfigError, StageConfig, parse_config
+from loganalyzer.pipeline import load_definition
 
 log = logging.getLogger("loganalyzer.demo")
 
@@ -55,16 +55,6 @@ class DemoConfig(StageConfig):
     eval_max_new_tokens: int = 48
 
 
-def load_pipeline():
-    path = REPO / "pipelines" / "cpt_finetune.py"
-    if not path.is_file():
-        raise ConfigError(f"{path} not found: run the demo from a clone of the repository")
-    spec = importlib.util.spec_from_file_location("cpt_finetune", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.cpt_finetune
-
-
 def run(cfg: DemoConfig) -> dict:
     from kfp import local
 
@@ -75,7 +65,7 @@ def run(cfg: DemoConfig) -> dict:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    pipeline = load_pipeline()
+    pipeline = load_definition().build("local")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"))
     warnings.filterwarnings("ignore", message=".*non-Python base image.*")
     teacher = "OpenAI " + cfg.teacher_model if os.environ.get("OPENAI_API_KEY") and not cfg.teacher_base_url \

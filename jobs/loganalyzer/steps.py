@@ -30,13 +30,25 @@ def use_tracking(tracking_uri: str, experiment: str, parent_run_id: str) -> None
             os.environ[key] = value
 
 
-def start(run_name: str, params: dict, tracking_uri: str, experiment: str) -> str:
-    """Open the pipeline's parent MLflow run; return its id ('' without tracking)."""
-    from loganalyzer.tracking import start_parent
+def start(run_name: str, params: dict, tracking_uri: str, experiment: str, kfp_run_id: str) -> str:
+    """Open the pipeline's parent MLflow run, tagged with the KFP run id; return its id ('' without tracking)."""
+    from loganalyzer.tracking import KFP_RUN_TAG, start_parent
 
     use_tracking(tracking_uri, experiment, "")
-    kfp_run = os.environ.get("KFP_RUN_ID", "")
-    return start_parent(run_name, params, tags={"kfp.run_id": kfp_run} if kfp_run else None)
+    return start_parent(run_name, params, tags={KFP_RUN_TAG: kfp_run_id} if kfp_run_id else None)
+
+
+def paths(run_dir: str, run_id: str, data_root: str, models_root: str) -> tuple[str, str, str]:
+    """(run dir, models dir, job name prefix) of a pipeline run.
+
+    Dirs: ``run_dir`` and ``run_dir/models`` when given (local runs, or re-using a cluster run's outputs), else
+    ``data_root/runs/<run_id>`` and ``models_root/<run_id>``. The prefix (``la-`` + 8 characters of the run id)
+    names the run's PyTorchJobs and keeps them unique per run and within Kubernetes' name limits.
+    """
+    prefix = "la-" + "".join(c for c in run_id.lower() if c.isalnum())[:8]
+    if run_dir:
+        return run_dir, f"{run_dir}/models", prefix
+    return f"{data_root}/runs/{run_id}", f"{models_root}/{run_id}", prefix
 
 
 def finish(parent_run_id: str, tracking_uri: str, experiment: str, report_file: str) -> None:
@@ -126,3 +138,39 @@ def evaluate(test: str, models: dict[str, str], run_dir: str, max_new_tokens: in
                               out=str(Path(run_dir) / "eval"), max_new_tokens=max_new_tokens,
                               limit=limit or None))
 
+
+
+def _namespace(namespace: str) -> str:
+    """``namespace``, else the namespace this pod runs in (its ServiceAccount's), else ``loganalyzer``."""
+    own = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    return namespace or (own.read_text().strip() if own.is_file() else "loganalyzer")
+
+
+def launch_training(name: str, recipe: str, model: str, train_file: str, eval_file: str, output_dir: str,
+                    overrides: dict, image: str, nodes: int, nproc_per_node: int, namespace: str) -> str:
+    """Run a recipe as a PyTorchJob (``loganalyzer.launch``) with the step's paths; return the model dir.
+
+    The trainer pods get the same MLflow settings and parent run id as this step, so their stage run nests
+    under the pipeline's parent run.
+    """
+    from loganalyzer.launch import LaunchConfig, run
+    from loganalyzer.tracking import PARENT_ENV
+
+    args = [f"model_name_or_path={model}", f"train_file={train_file}", f"output_dir={output_dir}",
+            *([f"eval_file={eval_file}"] if eval_file else []),
+            *(f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in overrides.items())]
+    env = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", PARENT_ENV)
+           if os.environ.get(k)}
+    run(LaunchConfig(name=name, recipe=recipe, args=args, image=image, nodes=nodes, nproc_per_node=nproc_per_node,
+                     namespace=_namespace(namespace), env=env))
+    return output_dir
+
+
+def deploy(name: str, model_dir: str, models_pvc: str, models_root: str, namespace: str) -> str:
+    """Serve ``model_dir`` (a path under the models PVC mount) with a KServe InferenceService; return its
+    OpenAI-compatible base URL."""
+    from loganalyzer.deploy import DeployConfig, run
+
+    relative = Path(model_dir).relative_to(models_root)
+    return run(DeployConfig(name=name, storage_uri=f"pvc://{models_pvc}/{relative}",
+                            namespace=_namespace(namespace)))

@@ -20,6 +20,7 @@ from typing import Any
 log = logging.getLogger("loganalyzer.tracking")
 
 PARENT_ENV = "LOGANALYZER_PARENT_RUN_ID"
+KFP_RUN_TAG = "kfp.run_id"
 
 
 def enabled() -> bool:
@@ -103,10 +104,11 @@ def stage_run(stage: str, params: dict[str, Any] | None = None) -> Iterator[Trac
 
     _experiment()
     parent = os.environ.get(PARENT_ENV)
+    # A stage run carries its pipeline run's KFP run id (a tag of the parent), so either finds the other.
+    inherited = {k: v for k, v in mlflow.get_run(parent).data.tags.items() if k == KFP_RUN_TAG} if parent else {}
     with mlflow.start_run(run_name=stage, parent_run_id=parent or None, nested=bool(parent)):
         tracker = Tracker(True)
-        tracker.set_tags({"loganalyzer.stage": stage,
-                          **({"kfp.run_id": os.environ["KFP_RUN_ID"]} if os.environ.get("KFP_RUN_ID") else {})})
+        tracker.set_tags({"loganalyzer.stage": stage, **inherited})
         if params:
             tracker.log_params({"cfg": params})  # prefixed: the HF callback logs TrainingArguments too
         yield tracker

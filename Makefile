@@ -6,9 +6,23 @@ BIN := $(VENV)/bin
 # torch is installed on its own first: the CPU build here, a CUDA build on a GPU machine (override TORCH_SPEC).
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+LINT_VENV ?= .venv-lint
+# Images: <IMAGE_REGISTRY>/loganalyzer-<name>:<TAG> (no registry: local names).
+IMAGE_REGISTRY ?=
+TAG ?= 0.1.0
+IMAGES := jobs train
+IMAGE_PREFIX := $(if $(IMAGE_REGISTRY),$(IMAGE_REGISTRY)/,)
+# deploy: the kustomize overlay to install and the namespace KFP watches for Pipeline objects.
+OVERLAY ?= dev
+KFP_NAMESPACE ?= kubeflow
+# run: the KFP API endpoint, the experiment, and pipeline parameters (param=value ...).
+KFP_HOST ?=
+EXPERIMENT ?= loganalyzer
+ARGS ?=
+KUBE_LOCAL ?= ../shared/tools/kube-local/kube-local
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint bench clean
+.PHONY: help install demo test test-fast lint bench clean images pipeline manifests deploy run kube-local
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,8 +45,41 @@ test: install ## all tests: unit + integration (tiny models); GPU tests skip wit
 test-fast: install ## unit tests only
 	$(BIN)/python -m pytest -q -m "not integration" $(PYTEST_ARGS)
 
-lint: install ## ruff over the package, pipelines, tests and benchmarks
+$(LINT_VENV)/bin/checkov: requirements-lint.txt
+	$(PYTHON) -m venv $(LINT_VENV)
+	$(LINT_VENV)/bin/pip install -q -r requirements-lint.txt
+	@touch $@
+
+lint: install $(LINT_VENV)/bin/checkov ## ruff; checkov over rendered overlays, chart (default + ci values) and Dockerfiles
 	$(BIN)/ruff check jobs pipelines tests benchmarks
+	rm -rf .lint && mkdir -p .lint
+	for o in base overlays/dev overlays/production; do kubectl kustomize manifests/$$o > .lint/$$(echo $$o | tr / -).yaml; done
+	$(BIN)/helm template loganalyzer charts/loganalyzer -n loganalyzer > .lint/chart.yaml
+	for v in charts/loganalyzer/ci/*-values.yaml; do \
+	  $(BIN)/helm template loganalyzer charts/loganalyzer -n loganalyzer -f $$v > .lint/chart-$$(basename $$v .yaml).yaml; done
+	$(LINT_VENV)/bin/checkov --config-file .checkov.yaml -d .lint --framework kubernetes
+	$(LINT_VENV)/bin/checkov --config-file .checkov.yaml -d images --framework dockerfile
+
+images: ## docker build IMAGE_REGISTRY/loganalyzer-{jobs,train}:TAG (needs a Docker engine)
+	for i in $(IMAGES); do docker build -f images/$$i/Dockerfile -t $(IMAGE_PREFIX)loganalyzer-$$i:$(TAG) . || exit 1; done
+
+pipeline: install ## compile pipelines/cpt-finetune.yaml (Pipeline + PipelineVersion; kubectl apply -f registers it)
+	LOGANALYZER_IMAGE_REGISTRY=$(IMAGE_REGISTRY) LOGANALYZER_IMAGE_TAG=$(TAG) $(BIN)/loganalyzer pipeline compile
+
+manifests: ## copy jobs/configs into manifests/base/configs and the chart's files/configs (a test checks them)
+	for d in manifests/base/configs charts/loganalyzer/files/configs; do \
+	  rm -rf $$d && mkdir -p $$d/deepspeed && cp jobs/configs/*.yaml $$d/ && cp jobs/configs/deepspeed/*.json $$d/deepspeed/; done
+
+deploy: ## kubectl apply -k manifests/overlays/OVERLAY (dev) + register the pipeline in KFP_NAMESPACE
+	kubectl apply -k manifests/overlays/$(OVERLAY)
+	kubectl apply -n $(KFP_NAMESPACE) -f pipelines/cpt-finetune.yaml
+
+run: install ## start a pipeline run: make run KFP_HOST=https://.../pipeline [EXPERIMENT=..] [ARGS="param=value ..."]
+	@test -n "$(KFP_HOST)" || { echo "set KFP_HOST to your KFP API endpoint"; exit 2; }
+	$(BIN)/loganalyzer pipeline run --host $(KFP_HOST) --experiment $(EXPERIMENT) $(ARGS)
+
+kube-local: ## build the local kube-apiserver the Kubernetes tests use (../shared/tools/kube-local; ~6 min once)
+	$(KUBE_LOCAL) build
 
 bench: install ## benchmarks (chunking, synthesis client, CPT packing; GPU training when CUDA is present)
 	cd benchmarks && ../$(BIN)/python bench_chunk.py
@@ -41,4 +88,4 @@ bench: install ## benchmarks (chunking, synthesis client, CPT packing; GPU train
 	cd benchmarks && ../$(BIN)/python bench_gpu_train.py
 
 clean: ## remove runs/ and caches (keeps .venv)
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs .lint .pytest_cache .ruff_cache

@@ -22,7 +22,7 @@ import os
 from typing import NamedTuple
 
 from kfp import dsl, kubernetes
-from kfp.dsl import Metrics, Output
+from kfp.dsl import HTML, Markdown, Metrics, Output
 
 # The images holding the loganalyzer package (`make images`); the local runner ignores them.
 TAG = os.environ.get("LOGANALYZER_IMAGE_TAG", "0.1.0")
@@ -126,7 +126,10 @@ def launch_training(name: str, recipe: str, model: str, train_file: str, eval_fi
 
 @component(base_image=TRAIN_IMAGE)
 def evaluate(test: str, base: str, sft: str, cpt_sft: str, run_dir: str, max_new_tokens: int, limit: int,
-             tracking_uri: str, experiment: str, parent_run_id: str, metrics: Output[Metrics]) -> str:
+             tracking_uri: str, experiment: str, parent_run_id: str, metrics: Output[Metrics],
+             report_md: Output[Markdown], report_html: Output[HTML]) -> str:
+    import shutil
+
     from loganalyzer import steps
     from loganalyzer.metrics import METRICS
 
@@ -135,6 +138,8 @@ def evaluate(test: str, base: str, sft: str, cpt_sft: str, run_dir: str, max_new
     for name in ("base", "sft", "cpt_sft"):  # KFP run comparison shows these side by side
         for m in METRICS:
             metrics.log_metric(f"{name}_{m}", round(report[name][m], 4))
+    shutil.copy(f"{run_dir}/eval/report.md", report_md.path)  # table: the run's Visualizations tab
+    shutil.copy(f"{run_dir}/eval/report.html", report_html.path)  # table + chart
     return f"{run_dir}/eval/report.json"
 
 

@@ -58,3 +58,18 @@ def test_cli_dispatch_and_unknown_command(capsys):
         main(["--help"])
     assert e.value.code == 0
     assert "build-datasets" in capsys.readouterr().out
+
+
+def test_config_by_recipe_name_and_search_path(tmp_path, monkeypatch, capsys):
+    """--config takes a recipe name; LOGANALYZER_CONFIGS_DIR is a search path (ConfigMap first, image copy next)."""
+    first, second = tmp_path / "cm", tmp_path / "image"
+    for d, size in ((first, 1), (second, 2)):
+        (d / "deepspeed").mkdir(parents=True)
+        (d / "r.yaml").write_text(f"name: {d.name}\nsize: {size}\n")
+    (second / "only_here.yaml").write_text("name: img\n")
+    monkeypatch.setenv("LOGANALYZER_CONFIGS_DIR", f"{first}:{second}")
+    assert parse_config(Cfg, "t", ["--config", "r"]).name == "cm"
+    assert parse_config(Cfg, "t", ["--config", "only_here.yaml"]).name == "img"
+    with pytest.raises(SystemExit):
+        parse_config(Cfg, "t", ["--config", "missing"])
+    assert f"{first}, {second}" in capsys.readouterr().err

@@ -29,6 +29,8 @@ def test_endpoint_mode_report_shape_and_paired_comparison(tiny_env, tmp_path):
     assert report["cpt_sft"]["vs_sft"]["rouge1"]["delta"] == 0 and report["cpt_sft"]["vs_sft"]["rouge1"]["p_value"] == 1
     assert json.loads((out / "report.json").read_text()) == report
     assert "| cpt_sft |" in (out / "report.md").read_text() and (out / "metrics.png").stat().st_size > 5000
+    html = (out / "report.html").read_text()
+    assert "<td>cpt_sft</td>" in html and "<th>rougeLsum</th>" in html and "data:image/png;base64,iVBOR" in html
     preds = [json.loads(x) for x in (out / "predictions_sft.jsonl").read_text().splitlines()]
     assert len(preds) == 10 and {"id", "task", "prediction", "reference"} <= set(preds[0])
 

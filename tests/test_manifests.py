@@ -19,25 +19,28 @@ CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 CONFIGS = ROOT / "jobs" / "configs"
 
 
+COMPONENTS = ("cpt-2x4", "ray-sft")
+
+
 @pytest.fixture(scope="module")
 def renderings(tmp_path_factory) -> dict[str, list[dict]]:
     out = {name: kustomize(MANIFESTS / name) for name in ("base", "overlays/dev", "overlays/production")}
-    # production with the 2 x 4 CPT component switched on, as its kustomization's comment says
-    overlay = tmp_path_factory.mktemp("overlay") / "production-2x4"
-    shutil.copytree(MANIFESTS, overlay.parent / "manifests")
-    prod = overlay.parent / "manifests" / "overlays" / "production"
-    text = (prod / "kustomization.yaml").read_text()
-    (prod / "kustomization.yaml").write_text(text.replace("# components:\n#   - ../../components/cpt-2x4",
-                                                          "components:\n  - ../../components/cpt-2x4"))
-    out["overlays/production+cpt-2x4"] = kustomize(prod)
+    # production with each optional component switched on, the way its kustomization's comment says
+    for component in COMPONENTS:
+        copy = tmp_path_factory.mktemp(component) / "manifests"
+        shutil.copytree(MANIFESTS, copy)
+        kustomization = copy / "overlays" / "production" / "kustomization.yaml"
+        text = kustomization.read_text().replace("# components:\n#   - ../../components/cpt-2x4\n", "")
+        kustomization.write_text(text + f"components:\n  - ../../components/{component}\n")
+        out[f"overlays/production+{component}"] = kustomize(copy / "overlays" / "production")
     out["chart"] = helm_template(CHART)
     for values in CI_VALUES:
         out[f"chart+{values.name}"] = helm_template(CHART, "-f", str(values))
     return out
 
 
-RENDERINGS = ["base", "overlays/dev", "overlays/production", "overlays/production+cpt-2x4", "chart",
-              *[f"chart+{v.name}" for v in CI_VALUES]]
+RENDERINGS = ["base", "overlays/dev", "overlays/production", *[f"overlays/production+{c}" for c in COMPONENTS],
+              "chart", *[f"chart+{v.name}" for v in CI_VALUES]]
 
 
 def by_kind(docs, kind):
@@ -99,6 +102,23 @@ def test_cpt_pytorchjob_topologies(renderings):
             shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
             assert shm["emptyDir"]["medium"] == "Memory"
             assert c["args"][:2] == ["--config", "cpt_full_zero3"]
+
+
+def test_ray_sft_component(renderings):
+    """SFT on KubeRay: the same loganalyzer.train entrypoint with engine=ray, one GPU per Ray worker."""
+    (job,) = [d for d in renderings["overlays/production+ray-sft"] if d["kind"] == "RayJob"]
+    assert job["spec"]["suspend"] is True and job["metadata"]["namespace"] == "loganalyzer"
+    entry = job["spec"]["entrypoint"].split()
+    assert entry[:5] == ["python", "-m", "loganalyzer.train", "--config", "sft_lora"]
+    assert {"engine=ray", "ray_workers=4", "ray_use_gpu=true"} <= set(entry)
+    from loganalyzer.config import parse_config
+    from loganalyzer.train import TrainConfig
+
+    cfg = parse_config(TrainConfig, "train", entry[3:])  # the entrypoint's arguments are a valid config
+    workers = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert cfg.engine == "ray" and cfg.ray_workers == workers["replicas"] == workers["maxReplicas"]
+    gpus = workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+    assert cfg.ray_use_gpu and gpus == "1"
 
 
 def test_dev_overlay_runs_tiny_cpu_recipes(renderings):

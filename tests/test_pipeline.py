@@ -24,6 +24,10 @@ def test_whole_dag_on_the_kfp_local_runner(tmp_path, monkeypatch):
                  "models/base/config.json", "models/cpt/model.safetensors", "models/sft/model.safetensors",
                  "models/cpt_sft/model.safetensors", "eval/report.json", "eval/report.md", "eval/metrics.png"):
         assert (out / path).is_file(), path
+    # the evaluate task's KFP artifacts: the table (Markdown) and table + chart (HTML) for the run's UI
+    (md,) = (out / "kfp").glob("*/evaluate/report_md")
+    (html,) = (out / "kfp").glob("*/evaluate/report_html")
+    assert "| cpt_sft |" in md.read_text() and "<table>" in html.read_text()
     assert list(report) == ["base", "sft", "cpt_sft"]
     assert all(report[m]["n"] == 8 and set(METRICS) <= set(report[m]) for m in report)
     assert "vs_sft" in report["cpt_sft"]

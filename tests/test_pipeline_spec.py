@@ -48,7 +48,8 @@ def test_local_dag(definition, tmp_path):
     assert spec["root"]["inputDefinitions"]["parameters"]["base_model_name"]["defaultValue"] == \
         "meta-llama/Llama-3.1-8B-Instruct"
     outputs = spec["components"]["comp-evaluate"]["outputDefinitions"]["artifacts"]
-    assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
+    assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs.items()} == \
+        {"metrics": "system.Metrics", "report_md": "system.Markdown", "report_html": "system.HTML"}
     assert "platforms" not in spec  # nothing Kubernetes-specific locally
 
 

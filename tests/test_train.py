@@ -73,6 +73,24 @@ def test_sft_lora_merges_and_keeps_the_original_chat_template(tiny_env, tmp_path
     assert tok.chat_template == AutoTokenizer.from_pretrained(tiny_env["model"]).chat_template
 
 
+@pytest.mark.integration
+def test_sft_on_ray_with_two_cpu_workers(tiny_env, tmp_path, monkeypatch):
+    """engine: ray — Ray Train's TorchTrainer runs the same recipe on 2 ranks (gloo) on a local Ray."""
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.chdir(tmp_path)  # relative paths must reach the workers as absolute ones
+    (tmp_path / "data").symlink_to(tiny_env["datasets"])
+    metrics = run(_recipe("sft_tiny_cpu", model_name_or_path=str(tiny_env["model"]),
+                          train_file="data/sft_train.jsonl", output_dir="sft", max_steps=2, report_to=["none"],
+                          engine="ray", ray_workers=2))
+    assert metrics["world_size"] == 2 and math.isfinite(metrics["train_loss"])
+    assert metrics["num_input_tokens_seen"] > 0
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "sft")
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    assert (tmp_path / "sft" / "loss_curve.png").is_file()
+
+
 def test_overlong_samples_error_or_drop(tiny_env, tmp_path, capsys):
     base = dict(model_name_or_path=str(tiny_env["model"]), train_file=str(tiny_env["datasets"] / "sft_train.jsonl"),
                 output_dir=str(tmp_path / "o"), max_length=64, max_steps=1, report_to=["none"])

@@ -99,7 +99,8 @@ def build_parser(cls: type[StageConfig], stage: str, description: str | None = N
         epilog=f"Any field may also be set as key=value, in --config YAML, or as env LOGANALYZER_"
         f"{stage.upper().replace('-', '_')}_<FIELD>.",
     )
-    parser.add_argument("--config", help="YAML file with field values (unknown keys are errors)")
+    parser.add_argument("--config", help="YAML file with field values, or a recipe name in the configs dir "
+                                         "(e.g. sft_lora); unknown keys are errors")
     for name, field in cls.model_fields.items():
         flag = "--" + name.replace("_", "-")
         help_text = (field.description or "") + (
@@ -123,7 +124,7 @@ def parse_config(cls: type[C], stage: str, argv: list[str] | None = None,
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}
     if args.config:
-        data = load_yaml(args.config)
+        data = load_yaml(config_file(args.config))
         _check_keys(cls, data, args.config)
         values.update(data)
     prefix = f"LOGANALYZER_{stage.upper().replace('-', '_')}_"

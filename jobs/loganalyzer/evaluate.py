@@ -10,12 +10,14 @@ any OpenAI-compatible server (``temperature=0``; ``name=MODEL`` then names the s
 Writes ``predictions_<name>.jsonl`` ({id, task, system, prediction, reference}), ``report.json``
 (``{name: {six metrics, <metric>_ci95, n, per_task: {task: {n, six metrics}}}}`` (per-task values from the
 builtin definitions), and for ``cpt_sft`` when ``sft`` is present
-``vs_sft: {metric: {delta, p_value, ci95}}`` from a paired bootstrap), ``report.md`` (tables) and
-``metrics.png`` (bar chart with CIs). Metric definitions: ``loganalyzer.metrics``.
+``vs_sft: {metric: {delta, p_value, ci95}}`` from a paired bootstrap), ``report.md`` (tables),
+``metrics.png`` (bar chart with CIs) and ``report.html`` (both in one page).
+Metric definitions: ``loganalyzer.metrics``.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections import defaultdict
@@ -133,6 +135,18 @@ def markdown_report(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def html_report(report: dict, chart: Path) -> str:
+    """The Markdown report as one self-contained HTML page with the metrics chart inlined (KFP's HTML viewer)."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown_report(report))
+    png = base64.b64encode(chart.read_bytes()).decode()
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>loganalyzer evaluation</title><style>"
+            "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:2px 8px}"
+            f"</style></head><body><h2>loganalyzer evaluation</h2>{body}"
+            f"<img alt='metrics by model' src='data:image/png;base64,{png}'></body></html>\n")
+
+
 def plot_report(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -204,6 +218,7 @@ def run(cfg: EvaluateConfig) -> dict:
         (out / "report.json").write_text(json.dumps(report, indent=2))
         (out / "report.md").write_text(markdown_report(report))
         plot_report(report, out / "metrics.png")
+        (out / "report.html").write_text(html_report(report, out / "metrics.png"))
         tracker.log_artifact(out)
     return report
 

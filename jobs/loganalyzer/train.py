@@ -82,6 +82,14 @@ class TrainConfig(StageConfig):
     dataset_num_proc: int | None = Field(None, ge=1, description="processes for tokenizing/packing the data")
     report_to: list[str] = Field(["mlflow"], description="trainer integrations (mlflow, tensorboard, none)")
     run_name: str | None = None
+    # Engine: who starts the ranks
+    engine: Literal["torchrun", "ray"] = Field(
+        "torchrun", description="torchrun: this process is one rank (1 process, torchrun or a PyTorchJob); "
+                                "ray: Ray Train's TorchTrainer starts ray_workers ranks on a Ray cluster")
+    ray_workers: int = Field(1, ge=1, description="engine=ray: training workers (ranks)")
+    ray_use_gpu: bool = Field(False, description="engine=ray: one GPU per worker")
+    ray_address: str | None = Field(None, description="engine=ray: cluster address (unset: RAY_ADDRESS, else a "
+                                                      "local Ray on this machine)")
 
 
 def deepspeed_config_path(value: str | None) -> str | None:
@@ -347,6 +355,8 @@ def save_final(trainer, tokenizer, original_template: str | None, cfg: TrainConf
 
 def run(cfg: TrainConfig) -> dict:
     """Train the recipe; return the final train metrics (also logged to MLflow)."""
+    if cfg.engine == "ray":
+        return run_on_ray(cfg)
     from loganalyzer.tracking import stage_run
 
     with stage_run(f"train-{cfg.mode}", cfg.model_dump()) as tracker:
@@ -355,11 +365,64 @@ def run(cfg: TrainConfig) -> dict:
         out = save_final(trainer, tokenizer, original_template, cfg)
         metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
         metrics["train_tokens_seen"] = float(trainer.state.num_input_tokens_seen)
+        metrics["world_size"] = float(trainer.args.world_size)
         tracker.log_metrics(metrics)
         if trainer.is_world_process_zero():
             tracker.log_artifact(plot_loss(trainer.state.log_history, out / "loss_curve.png"))
     log.info("train %s done -> %s %s", cfg.mode, out, metrics)
     return metrics
+
+
+# What a Ray worker needs from the driver's environment (a remote Ray cluster does not inherit it).
+RAY_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+           "LOGANALYZER_PARENT_RUN_ID", "LOGANALYZER_CONFIGS_DIR", "HF_HOME", "HF_TOKEN", "HF_HUB_OFFLINE")
+
+
+def run_on_ray(cfg: TrainConfig) -> dict:
+    """``engine: ray``: the same training function on ``ray_workers`` ranks under Ray Train's ``TorchTrainer``
+    (which starts the workers and their torch.distributed process group: NCCL with GPUs, gloo on CPU).
+
+    Connects to ``ray_address`` / ``RAY_ADDRESS`` (a KubeRay RayJob sets it), else starts a local Ray sized for
+    the workers. Returns rank 0's train metrics. Ray's own run state goes to ``<output_dir>/ray``.
+    """
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    env = {k: os.environ[k] for k in RAY_ENV if os.environ.get(k)}
+    local_ray = not (cfg.ray_address or os.environ.get("RAY_ADDRESS"))
+    if local_ray:  # one CPU per worker plus one for the trainer's controller; a small object store (nothing big moves)
+        ray.init(num_cpus=cfg.ray_workers + 1, num_gpus=cfg.ray_workers if cfg.ray_use_gpu else 0,
+                 object_store_memory=256 * 2**20, include_dashboard=False, runtime_env={"env_vars": env})
+    else:
+        ray.init(address=cfg.ray_address, runtime_env={"env_vars": env})
+    output = Path(cfg.output_dir).resolve()
+    # Workers do not share the driver's working directory: hand them absolute paths.
+    local = {k: str(Path(v).resolve()) for k in ("model_name_or_path", "train_file", "eval_file")
+             if (v := getattr(cfg, k)) and Path(v).exists()}
+    trainer = TorchTrainer(
+        _ray_worker, train_loop_config=cfg.model_copy(update={"engine": "torchrun", "output_dir": str(output),
+                                                              **local}).model_dump(),
+        scaling_config=ScalingConfig(num_workers=cfg.ray_workers, use_gpu=cfg.ray_use_gpu),
+        run_config=RunConfig(name=f"train-{cfg.mode}", storage_path=str(output / "ray")))
+    log.info("Ray Train: %d worker(s), %s", cfg.ray_workers, "GPU" if cfg.ray_use_gpu else "CPU")
+    try:
+        trainer.fit()  # raises ray.train.TrainingFailedError with the worker's traceback
+    finally:
+        ray.shutdown()  # a local Ray stops with us; a cluster connection is closed
+    return json.loads((output / RAY_METRICS).read_text())
+
+
+RAY_METRICS = "ray/metrics.json"
+
+
+def _ray_worker(config: dict) -> None:
+    import ray.train
+
+    metrics = run(TrainConfig(**config))
+    if ray.train.get_context().get_world_rank() == 0:  # Result.metrics stays empty without a checkpoint
+        (Path(config["output_dir"]) / RAY_METRICS).write_text(json.dumps(metrics))
+    ray.train.report(metrics)
 
 
 def plot_loss(history: list[dict], path: Path) -> Path:

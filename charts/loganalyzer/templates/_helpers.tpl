@@ -117,3 +117,43 @@ capabilities:
 {{- end -}}
 {{- toYaml $res -}}
 {{- end }}
+
+{{/* A Ray head or worker pod spec: (list . containerName gpus) */}}
+{{- define "loganalyzer.rayPod" -}}
+{{- $root := index . 0 -}}
+serviceAccountName: {{ $root.Values.serviceAccounts.train }}
+automountServiceAccountToken: false
+securityContext: {{- include "loganalyzer.podSecurityContext" $root | nindent 2 }}
+{{- with $root.Values.images.pullSecrets }}
+imagePullSecrets: {{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- with $root.Values.placement.gpu.nodeSelector }}
+nodeSelector: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $root.Values.placement.gpu.tolerations }}
+tolerations: {{- toYaml . | nindent 2 }}
+{{- end }}
+containers:
+  - name: {{ index . 1 }}
+    image: {{ include "loganalyzer.image" (list $root "train") }}
+    imagePullPolicy: {{ $root.Values.images.pullPolicy }}
+    env: {{- include "loganalyzer.env" $root | nindent 6 }}
+      - name: TRITON_CACHE_DIR
+        value: /tmp/triton
+    envFrom: {{- include "loganalyzer.envFrom" $root | nindent 6 }}
+    {{- $res := include "loganalyzer.resources" (list dict (index . 2)) }}
+    {{- if ne $res "{}" }}
+    resources: {{- $res | nindent 6 }}
+    {{- end }}
+    securityContext: {{- include "loganalyzer.containerSecurityContext" $root | nindent 6 }}
+    volumeMounts: {{- include "loganalyzer.volumeMounts" $root | nindent 6 }}
+      - name: dshm
+        mountPath: /dev/shm
+volumes: {{- include "loganalyzer.volumes" $root | nindent 2 }}
+  - name: dshm
+    emptyDir:
+      medium: Memory
+      sizeLimit: {{ $root.Values.raySft.shmSize }}
+{{- end }}

@@ -115,13 +115,13 @@ def train(recipe: str, model: str, train_file: str, eval_file: str, output_dir: 
 
 @component(base_image=JOBS_IMAGE)
 def launch_training(name: str, recipe: str, model: str, train_file: str, eval_file: str, output_dir: str,
-                    overrides: dict, image: str, nodes: int, nproc_per_node: int, namespace: str,
+                    overrides: dict, image: str, nodes: int, nproc_per_node: int, namespace: str, engine: str,
                     tracking_uri: str, experiment: str, parent_run_id: str) -> str:
     from loganalyzer import steps
 
     steps.use_tracking(tracking_uri, experiment, parent_run_id)
     return steps.launch_training(name, recipe, model, train_file, eval_file, output_dir, overrides, image, nodes,
-                                 nproc_per_node, namespace)
+                                 nproc_per_node, namespace, engine)
 
 
 @component(base_image=TRAIN_IMAGE)
@@ -201,6 +201,7 @@ def build(target: str = "local"):
         cpt_nproc_per_node: int = 8,
         sft_nodes: int = 1,
         sft_nproc_per_node: int = 4,
+        sft_engine: str = "pytorchjob",
         train_image: str = TRAIN_IMAGE,
         namespace: str = "",
         serve_name: str = "loganalyzer-chat",
@@ -235,19 +236,21 @@ def build(target: str = "local"):
                                    test_size=test_size, max_seq_length=max_seq_length, parent_run_id=pid,
                                    **track), secrets=[HF_SECRET])
 
-        def trainer(name, recipe, model, train_file, eval_file, overrides, nodes, nproc):
+        def trainer(name, recipe, model, train_file, eval_file, overrides, nodes, nproc, engine="pytorchjob"):
             common = dict(recipe=recipe, model=model, train_file=train_file, eval_file=eval_file,
                           output_dir=f"{mdir}/{name.replace('-', '_')}", overrides=overrides, parent_run_id=pid,
                           **track)
             if cluster:
                 return task(launch_training(name=f"{prefix}-{name}", image=train_image, nodes=nodes,
-                                            nproc_per_node=nproc, namespace=namespace, **common), name)
+                                            nproc_per_node=nproc, namespace=namespace, engine=engine, **common),
+                            name)
             return task(train(**common), name)
 
         cpt = trainer("cpt", cpt_recipe, base.output, f"{data.output}/cpt_train.jsonl", "", cpt_overrides,
                       cpt_nodes, cpt_nproc_per_node)
+        # SFT on PyTorchJobs, or (sft_engine="ray") KubeRay RayJobs with one single-GPU Ray worker per rank
         sft_files = (f"{data.output}/sft_train.jsonl", f"{data.output}/sft_val.jsonl", sft_overrides, sft_nodes,
-                     sft_nproc_per_node)
+                     sft_nproc_per_node, sft_engine)
         cpt_sft = trainer("cpt-sft", sft_recipe, cpt.output, *sft_files)
         sft = trainer("sft", sft_recipe, base.output, *sft_files)
         report = task(evaluate(test=f"{data.output}/sft_test.jsonl", base=base.output, sft=sft.output,

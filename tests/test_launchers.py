@@ -23,6 +23,7 @@ from loganalyzer.launch import run as launch
 
 NS = f"loganalyzer-launch-{os.getpid()}"  # fresh per session: a reused kube-local keeps earlier objects
 PYTORCHJOB = ("kubeflow.org", "v1", "pytorchjobs")
+RAYJOB = ("ray.io", "v1", "rayjobs")
 ISVC = ("serving.kserve.io", "v1beta1", "inferenceservices")
 
 
@@ -107,8 +108,8 @@ def training_client(cluster):
 
 
 def _launch_cfg(name, **kw):
-    return LaunchConfig(name=name, namespace=NS, recipe="sft_lora", nproc_per_node=4, poll_s=0.1,
-                        args=["train_file=/data/runs/t/datasets/sft_train.jsonl"], **kw)
+    return LaunchConfig(**{"name": name, "namespace": NS, "recipe": "sft_lora", "nproc_per_node": 4, "poll_s": 0.1,
+                           "args": ["train_file=/data/runs/t/datasets/sft_train.jsonl"], **kw})
 
 
 def test_pytorchjob_succeeded(cluster, training_client):
@@ -184,6 +185,58 @@ def test_launch_cli_exit_code(cluster):
         env={**os.environ, "KUBECONFIG": cluster[1]}, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stderr
     assert "did not finish within 2s" in result.stderr
+
+
+@pytest.fixture
+def ray_client(cluster):
+    from kubernetes import client, config
+
+    return client.CustomObjectsApi(config.new_client_from_config(config_file=cluster[1]))
+
+
+def _ray_status(job_status, deployment, reason="", message=""):
+    return {"status": {"jobStatus": job_status, "jobDeploymentStatus": deployment, "reason": reason,
+                       "message": message}}
+
+
+def test_rayjob_succeeded(cluster, ray_client):
+    api, _ = cluster
+    cfg = _launch_cfg("t-ray", engine="ray", nodes=2, nproc_per_node=2)
+    t, box = _in_thread(launch, cfg, ray_client)
+    job = _wait_for(api, RAYJOB, "t-ray")
+    entry = job["spec"]["entrypoint"]
+    assert entry.startswith("python -m loganalyzer.train --config sft_lora engine=ray ray_workers=4 ray_use_gpu=true")
+    workers = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert workers["replicas"] == 4
+    assert workers["template"]["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert "resources" not in head or "nvidia.com/gpu" not in (head["resources"].get("limits") or {})
+    _patch_status(api, RAYJOB, "t-ray", _ray_status("RUNNING", "Running"))
+    time.sleep(0.5)
+    assert t.is_alive(), box
+    _patch_status(api, RAYJOB, "t-ray", _ray_status("SUCCEEDED", "Complete"))
+    t.join(30)
+    assert "error" not in box and box["result"]["metadata"]["name"] == "t-ray", box
+
+
+def test_rayjob_failed_and_stuck(cluster, ray_client):
+    api, _ = cluster
+    t, box = _in_thread(launch, _launch_cfg("t-ray-fail", engine="ray"), ray_client)
+    _wait_for(api, RAYJOB, "t-ray-fail")
+    _patch_status(api, RAYJOB, "t-ray-fail", _ray_status("FAILED", "Failed", "AppFailed",
+                                                          "Job entrypoint command failed with exit code 1"))
+    t.join(30)
+    assert isinstance(box.get("error"), JobFailed)
+    assert "RayJob" in str(box["error"]) and "AppFailed: Job entrypoint command failed with exit code 1" in \
+        str(box["error"])
+
+    t, box = _in_thread(launch, _launch_cfg("t-ray-stuck", engine="ray", timeout_s=2), ray_client)
+    _wait_for(api, RAYJOB, "t-ray-stuck")
+    _patch_status(api, RAYJOB, "t-ray-stuck", _ray_status("PENDING", "Initializing"))
+    t.join(30)
+    assert isinstance(box.get("error"), JobFailed) and "did not finish within 2s" in str(box["error"])
+    with pytest.raises(Exception, match="Not Found"):
+        api.get_namespaced_custom_object(*RAYJOB[:2], NS, RAYJOB[2], "t-ray-stuck")
 
 
 def _deploy_cfg(name, **kw):

@@ -170,6 +170,22 @@ def test_launcher_builds_the_manifest_pytorchjob(renderings):
         launched["spec"]["runPolicy"]
 
 
+def test_launcher_objects_are_valid(kube):
+    """What `loganalyzer launch` creates (PyTorchJob 2 x 4, RayJob) passes the CRD schemas, hardening and dry-run."""
+    from loganalyzer.k8s import to_dict
+    from loganalyzer.launch import rayjob
+
+    docs = [to_dict(pytorchjob(LaunchConfig(name="x-cpt", recipe="cpt_full_zero3", nodes=2, nproc_per_node=4,
+                                            tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists"}],
+                                            node_selector={"pool": "gpu"}))),
+            rayjob(LaunchConfig(name="x-sft", recipe="sft_lora", engine="ray", nproc_per_node=4))]
+    assert validate(docs) == []
+    assert [p for d in docs for p in security_problems(d)] == []
+    kube.ensure_namespace("loganalyzer")
+    result = kube.dry_run(docs, "loganalyzer")
+    assert result.returncode == 0, result.stderr
+
+
 def test_configs_copies_identical_to_jobs_configs():
     """manifests/base/configs and the chart's files/configs are copies of jobs/configs (`make manifests`)."""
     for copy in (MANIFESTS / "base" / "configs", CHART / "files" / "configs"):

@@ -65,6 +65,9 @@ def test_cluster_dag(definition, tmp_path):
     assert {names[n] for n in ("launch-training", "launch-training-2", "launch-training-3")} == \
         {"cpt", "cpt-sft", "sft"}
     assert "train" not in deps
+    engines = {names[n]: tasks[n]["inputs"]["parameters"]["engine"] for n in names if n.startswith("launch-training")}
+    assert engines["cpt"] == {"runtimeValue": {"constant": "pytorchjob"}}
+    assert engines["sft"] == engines["cpt-sft"] == {"componentInputParameter": "sft_engine"}
     assert deps["deploy"] == {"evaluate", "launch-training-2"}  # serves the cpt_sft model, after evaluation
     executors = spec["deploymentSpec"]["executors"]
     assert executors["exec-evaluate"]["container"]["image"].startswith("loganalyzer-train:")

@@ -1,4 +1,4 @@
-"""Run a training recipe on the cluster as a Kubeflow **PyTorchJob** and wait for it.
+"""Run a training recipe on the cluster as a Kubeflow **PyTorchJob** (or a KubeRay **RayJob**) and wait for it.
 
     loganalyzer launch --name cpt-1 --recipe cpt_full_zero3 --nodes 1 --nproc-per-node 8 \\
         --args train_file=/data/runs/1/datasets/cpt_train.jsonl output_dir=/data/runs/1/models/cpt
@@ -8,20 +8,26 @@ The job runs ``torchrun --module loganalyzer.train --config <recipe> <args>`` on
 the master address, which torchrun reads, so the same recipe runs on 1×8 or 2×4 GPUs with no change; the world
 size is never in training code. Created, watched and deleted through ``kubeflow-training``'s ``TrainingClient``.
 
+``engine=ray`` creates a RayJob instead (through the Kubernetes API): a CPU head and ``nodes x nproc_per_node``
+single-GPU workers, whose entrypoint runs the same recipe with ``engine=ray`` (Ray Train's ``TorchTrainer``, one
+rank per worker). Its state comes from ``status.jobDeploymentStatus`` / ``jobStatus``.
+
 Behaviour the pipeline relies on:
 - re-running with the same ``name`` attaches to a job that is still running, returns at once for one that
   Succeeded and replaces one that Failed (a KFP retry continues from the recipe's ``resume: auto`` checkpoint);
-- the master pod's log is streamed to this process's stdout once the job is Running (``follow_logs``);
-- Failed: exits 1 with the job's reason and message; no terminal state within ``timeout_s``: the job is deleted
-  (its GPUs freed) and the launcher exits 1 naming the last condition.
+- a PyTorchJob's master pod log is streamed to this process's stdout once it is Running (``follow_logs``);
+- failed: exits 1 with the job's reason and message; no terminal state within ``timeout_s``: the job is deleted
+  (its GPUs freed) and the launcher exits 1 naming the last state.
 """
 
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 import threading
 import time
+from typing import Literal
 
 from kubernetes import client as k8s
 from pydantic import Field
@@ -35,7 +41,7 @@ K8S_NAME = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
 
 class LaunchConfig(StageConfig):
-    """Run ``loganalyzer.train`` with a recipe as a PyTorchJob (torchrun on every replica) and wait for it."""
+    """Run ``loganalyzer.train`` with a recipe as a PyTorchJob (torchrun on every replica) or a RayJob, and wait."""
 
     name: str = Field(pattern=K8S_NAME, max_length=48,
                       description="PyTorchJob name (pods are <name>-master-0, <name>-worker-N)")
@@ -65,7 +71,10 @@ class LaunchConfig(StageConfig):
     ttl_s: int = Field(default=86400, ge=0, description="delete the finished job after this many seconds")
     timeout_s: int = Field(default=7 * 86400, gt=0, description="give up (and delete the job) after this")
     poll_s: float = Field(default=30, gt=0, description="seconds between status checks")
-    follow_logs: bool = Field(default=True, description="stream the master pod's log once Running")
+    follow_logs: bool = Field(default=True, description="PyTorchJob: stream the master pod's log once Running")
+    engine: Literal["pytorchjob", "ray"] = Field(
+        default="pytorchjob", description="pytorchjob: torchrun in a PyTorchJob; ray: a KubeRay RayJob running "
+                                          "the recipe with engine=ray, one single-GPU Ray worker per rank")
 
 
 # Environment every trainer pod gets (NCCL: fail fast on a hung collective instead of hanging a node for hours).
@@ -80,16 +89,9 @@ TRAIN_ENV = {
 }
 
 
-def pytorchjob(cfg: LaunchConfig):
-    """The ``KubeflowOrgV1PyTorchJob`` for ``cfg`` (container ``pytorch``, restartPolicy OnFailure)."""
-    from kubeflow.training import (
-        KubeflowOrgV1PyTorchJob,
-        KubeflowOrgV1PyTorchJobSpec,
-        KubeflowOrgV1ReplicaSpec,
-        KubeflowOrgV1RunPolicy,
-    )
-
-    gpus = cfg.nproc_per_node if cfg.gpus_per_node is None else cfg.gpus_per_node
+def _trainer_pod(cfg: LaunchConfig, container: str, gpus: int, command: list[str] | None,
+                 args: list[str] | None) -> k8s.V1PodTemplateSpec:
+    """The hardened trainer pod both job kinds use: data/models PVCs, recipes, /tmp and /dev/shm, GPUs."""
     requests = {k: v for k, v in (("cpu", cfg.cpu), ("memory", cfg.memory)) if v}
     limits = {}
     if gpus:
@@ -102,19 +104,34 @@ def pytorchjob(cfg: LaunchConfig):
     configs, configs_mount = kube.configs_volume()
     volumes.append(configs)
     mounts.append(configs_mount)
-    container = k8s.V1Container(
-        name="pytorch", image=cfg.image,
-        command=["torchrun", "--module", "loganalyzer.train"],
-        args=["--config", cfg.recipe, *cfg.args],
+    main = k8s.V1Container(
+        name=container, image=cfg.image, command=command, args=args,
         env=kube.env_list({**TRAIN_ENV, **cfg.env}), env_from=kube.env_from(cfg.secrets, cfg.config_maps),
         resources=k8s.V1ResourceRequirements(requests=requests or None, limits=limits or None),
         volume_mounts=mounts, security_context=kube.container_security_context())
-    pod = k8s.V1PodTemplateSpec(
+    return k8s.V1PodTemplateSpec(
         metadata=k8s.V1ObjectMeta(labels=kube.labels("train", **{"loganalyzer/job": cfg.name})),
-        spec=k8s.V1PodSpec(containers=[container], volumes=volumes, service_account_name=cfg.service_account,
+        spec=k8s.V1PodSpec(containers=[main], volumes=volumes, service_account_name=cfg.service_account,
                            automount_service_account_token=False,
                            security_context=kube.pod_security_context(), node_selector=cfg.node_selector or None,
                            tolerations=kube.tolerations(cfg.tolerations) or None))
+
+
+def _gpus(cfg: LaunchConfig) -> int:
+    return cfg.nproc_per_node if cfg.gpus_per_node is None else cfg.gpus_per_node
+
+
+def pytorchjob(cfg: LaunchConfig):
+    """The ``KubeflowOrgV1PyTorchJob`` for ``cfg`` (container ``pytorch``, restartPolicy OnFailure)."""
+    from kubeflow.training import (
+        KubeflowOrgV1PyTorchJob,
+        KubeflowOrgV1PyTorchJobSpec,
+        KubeflowOrgV1ReplicaSpec,
+        KubeflowOrgV1RunPolicy,
+    )
+
+    pod = _trainer_pod(cfg, "pytorch", _gpus(cfg), ["torchrun", "--module", "loganalyzer.train"],
+                       ["--config", cfg.recipe, *cfg.args])
     replicas = {"Master": KubeflowOrgV1ReplicaSpec(replicas=1, restart_policy="OnFailure", template=pod)}
     if cfg.nodes > 1:
         replicas["Worker"] = KubeflowOrgV1ReplicaSpec(replicas=cfg.nodes - 1, restart_policy="OnFailure",
@@ -128,13 +145,120 @@ def pytorchjob(cfg: LaunchConfig):
                                               ttl_seconds_after_finished=cfg.ttl_s)))
 
 
+def rayjob(cfg: LaunchConfig) -> dict:
+    """The KubeRay ``RayJob`` for ``cfg``: a CPU head and ``nodes x nproc_per_node`` workers with one GPU each (CPU
+    workers when ``gpus_per_node`` is 0), running the recipe with ``engine=ray`` (one Ray Train rank per worker)."""
+    workers = cfg.nodes * cfg.nproc_per_node
+    gpu = 1 if _gpus(cfg) else 0
+    entrypoint = shlex.join(["python", "-m", "loganalyzer.train", "--config", cfg.recipe, "engine=ray",
+                             f"ray_workers={workers}", f"ray_use_gpu={str(bool(gpu)).lower()}", *cfg.args])
+    head = kube.to_dict(_trainer_pod(cfg, "ray-head", 0, None, None))
+    worker = kube.to_dict(_trainer_pod(cfg, "ray-worker", gpu, None, None))
+    submitter = kube.to_dict(_trainer_pod(cfg, "ray-job-submitter", 0, None, None))
+    submitter["spec"]["restartPolicy"] = "Never"
+    return {
+        "apiVersion": "ray.io/v1", "kind": "RayJob",
+        "metadata": {"name": cfg.name, "namespace": cfg.namespace, "labels": kube.labels("train")},
+        "spec": {
+            "entrypoint": entrypoint, "shutdownAfterJobFinishes": True, "ttlSecondsAfterFinished": cfg.ttl_s,
+            "backoffLimit": cfg.backoff_limit, "submitterPodTemplate": submitter,
+            "rayClusterSpec": {
+                "headGroupSpec": {"rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+                                  "template": head},
+                "workerGroupSpecs": [{"groupName": "workers", "replicas": workers, "minReplicas": workers,
+                                      "maxReplicas": workers, "rayStartParams": {}, "template": worker}]}}}
+
+
 class JobFailed(RuntimeError):
-    """The PyTorchJob ended Failed, or reached no terminal state within the timeout."""
+    """The job ended Failed, or reached no terminal state within the timeout."""
 
 
-def _conditions(job) -> dict[str, dict]:
-    return {c["type"]: c for c in (kube.to_dict(job).get("status") or {}).get("conditions") or []
-            if c.get("status") == "True"}
+class _PyTorchJobs:
+    """PyTorchJobs through kubeflow-training's TrainingClient. ``state`` maps the operator's conditions."""
+
+    kind = "PyTorchJob"
+
+    def __init__(self, cfg: LaunchConfig, client=None):
+        from kubeflow.training import TrainingClient
+
+        self.cfg = cfg
+        self.client = client or TrainingClient(namespace=cfg.namespace, job_kind="PyTorchJob")
+        self._logs = _LogFollower(self.client, cfg) if cfg.follow_logs else None
+
+    def get(self) -> dict | None:
+        try:
+            return kube.to_dict(self.client.get_job(self.cfg.name, namespace=self.cfg.namespace))
+        except RuntimeError as exc:  # TrainingClient wraps every API error; only "not found" is expected here
+            if "Not Found" in str(exc) or "404" in str(exc):
+                return None
+            raise
+
+    def create(self) -> None:
+        self.client.create_job(job=pytorchjob(self.cfg), namespace=self.cfg.namespace)
+
+    def delete(self) -> None:
+        self.client.delete_job(self.cfg.name, namespace=self.cfg.namespace)
+
+    def state(self, job: dict) -> tuple[str, str]:
+        conds = [c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"]
+        by_type = {c["type"]: c for c in conds}
+        for terminal, name in (("Succeeded", "succeeded"), ("Failed", "failed")):
+            if terminal in by_type:
+                return name, _reason(by_type[terminal])
+        if "Running" in by_type and self._logs:
+            self._logs.start()
+        # operators append conditions in order: the last one is the current state
+        return ("running" if "Running" in by_type else "pending"), _reason(conds[-1] if conds else None)
+
+    def finished(self) -> None:
+        if self._logs:
+            self._logs.join()
+
+
+class _RayJobs:
+    """KubeRay RayJobs through the Kubernetes API (``status.jobDeploymentStatus`` / ``jobStatus``)."""
+
+    kind = "RayJob"
+    _api = ("ray.io", "v1", "rayjobs")
+
+    def __init__(self, cfg: LaunchConfig, client=None):
+        if client is None:
+            from kubernetes import config
+
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+        self.cfg = cfg
+        self.client = client or k8s.CustomObjectsApi()
+
+    def get(self) -> dict | None:
+        try:
+            return self.client.get_namespaced_custom_object(*self._api[:2], self.cfg.namespace, self._api[2],
+                                                            self.cfg.name)
+        except k8s.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def create(self) -> None:
+        self.client.create_namespaced_custom_object(*self._api[:2], self.cfg.namespace, self._api[2], rayjob(self.cfg))
+
+    def delete(self) -> None:
+        self.client.delete_namespaced_custom_object(*self._api[:2], self.cfg.namespace, self._api[2], self.cfg.name)
+
+    def state(self, job: dict) -> tuple[str, str]:
+        st = job.get("status") or {}
+        deployment, status = st.get("jobDeploymentStatus", ""), st.get("jobStatus", "")
+        detail = f"{st.get('reason') or deployment or 'no status yet'}: {st.get('message') or f'job {status}'}"
+        if status == "SUCCEEDED" and deployment in ("Complete", ""):
+            return "succeeded", detail
+        if status in ("FAILED", "STOPPED") or deployment == "Failed":
+            return "failed", detail
+        return ("running" if status == "RUNNING" else "pending"), detail
+
+    def finished(self) -> None:
+        pass
 
 
 def _reason(cond: dict | None) -> str:
@@ -143,74 +267,60 @@ def _reason(cond: dict | None) -> str:
     return f"{cond.get('reason') or cond['type']}: {cond.get('message') or '(no message)'}"
 
 
-def run(cfg: LaunchConfig, training_client=None) -> dict:
-    """Create (or attach to) the PyTorchJob and wait for ``Succeeded``; return the final job as a dict.
+def run(cfg: LaunchConfig, client=None) -> dict:
+    """Create (or attach to) the job and wait until it succeeds; return the final job as a dict.
 
-    Raises JobFailed with the operator's reason on Failed, or after ``timeout_s`` (the job is then deleted).
+    ``client``: a ``TrainingClient`` (PyTorchJob) or ``CustomObjectsApi`` (RayJob); default from the in-cluster
+    or kubeconfig credentials. Raises JobFailed with the operator's reason on failure, or after ``timeout_s``
+    (the job is then deleted).
     """
-    from kubeflow.training import TrainingClient
-
-    tc = training_client or TrainingClient(namespace=cfg.namespace, job_kind="PyTorchJob")
-    existing = _get(tc, cfg)
+    jobs = (_RayJobs if cfg.engine == "ray" else _PyTorchJobs)(cfg, client)
+    where = f"{jobs.kind} {cfg.namespace}/{cfg.name}"
+    existing = jobs.get()
     if existing is not None:
-        conds = _conditions(existing)
-        if "Succeeded" in conds:
-            log.info("PyTorchJob %s/%s already Succeeded: nothing to do", cfg.namespace, cfg.name)
-            return kube.to_dict(existing)
-        if "Failed" in conds:
-            log.warning("PyTorchJob %s/%s had Failed (%s): replacing it", cfg.namespace, cfg.name,
-                        _reason(conds["Failed"]))
-            _delete_and_wait(tc, cfg)
+        state, detail = jobs.state(existing)
+        if state == "succeeded":
+            log.info("%s already succeeded: nothing to do", where)
+            return existing
+        if state == "failed":
+            log.warning("%s had failed (%s): replacing it", where, detail)
+            _delete_and_wait(jobs, where)
             existing = None
         else:
-            log.info("PyTorchJob %s/%s exists and is not finished: attaching to it", cfg.namespace, cfg.name)
+            log.info("%s exists and is not finished: attaching to it", where)
     if existing is None:
-        tc.create_job(job=pytorchjob(cfg), namespace=cfg.namespace)
-        log.info("created PyTorchJob %s/%s: %d node(s) x %d process(es), image %s", cfg.namespace, cfg.name,
-                 cfg.nodes, cfg.nproc_per_node, cfg.image)
-
-    logs = _LogFollower(tc, cfg) if cfg.follow_logs else None
+        jobs.create()
+        log.info("created %s: %d node(s) x %d process(es), image %s", where, cfg.nodes, cfg.nproc_per_node,
+                 cfg.image)
     deadline = time.monotonic() + cfg.timeout_s
-    last: dict[str, dict] = {}
+    last = None
     while True:
-        job = tc.get_job(cfg.name, namespace=cfg.namespace)
-        conds = _conditions(job)
-        if conds.keys() != last.keys():
-            log.info("PyTorchJob %s/%s: %s", cfg.namespace, cfg.name, ", ".join(conds) or "no conditions yet")
-            last = conds
-        if "Succeeded" in conds:
-            if logs:
-                logs.join()
-            return kube.to_dict(job)
-        if "Failed" in conds:
-            if logs:
-                logs.join()
-            raise JobFailed(f"PyTorchJob {cfg.namespace}/{cfg.name} failed: {_reason(conds['Failed'])}")
-        if logs and "Running" in conds:
-            logs.start()
+        job = jobs.get()
+        if job is None:
+            raise JobFailed(f"{where} was deleted while it ran")
+        state, detail = jobs.state(job)
+        if (state, detail) != last:
+            log.info("%s: %s (%s)", where, state, detail)
+            last = (state, detail)
+        if state == "succeeded":
+            jobs.finished()
+            return job
+        if state == "failed":
+            jobs.finished()
+            raise JobFailed(f"{where} failed: {detail}")
         if time.monotonic() >= deadline:
-            latest = list(conds.values())[-1] if conds else None  # operators append conditions in order
-            tc.delete_job(cfg.name, namespace=cfg.namespace)
-            raise JobFailed(f"PyTorchJob {cfg.namespace}/{cfg.name} did not finish within {cfg.timeout_s}s "
-                            f"(last condition {_reason(latest)}); deleted it to free its GPUs")
+            jobs.delete()
+            raise JobFailed(f"{where} did not finish within {cfg.timeout_s}s (last state {state}, {detail}); "
+                            f"deleted it to free its GPUs")
         time.sleep(cfg.poll_s)
 
 
-def _get(tc, cfg: LaunchConfig):
-    try:
-        return tc.get_job(cfg.name, namespace=cfg.namespace)
-    except RuntimeError as exc:  # TrainingClient wraps every API error; only "not found" is expected here
-        if "Not Found" in str(exc) or "404" in str(exc):
-            return None
-        raise
-
-
-def _delete_and_wait(tc, cfg: LaunchConfig, timeout_s: float = 120) -> None:
-    tc.delete_job(cfg.name, namespace=cfg.namespace)
+def _delete_and_wait(jobs, where: str, timeout_s: float = 120) -> None:
+    jobs.delete()
     deadline = time.monotonic() + timeout_s
-    while _get(tc, cfg) is not None:
+    while jobs.get() is not None:
         if time.monotonic() > deadline:
-            raise JobFailed(f"PyTorchJob {cfg.namespace}/{cfg.name} was not deleted within {timeout_s}s")
+            raise JobFailed(f"{where} was not deleted within {timeout_s}s")
         time.sleep(1)
 
 

@@ -147,8 +147,9 @@ def _namespace(namespace: str) -> str:
 
 
 def launch_training(name: str, recipe: str, model: str, train_file: str, eval_file: str, output_dir: str,
-                    overrides: dict, image: str, nodes: int, nproc_per_node: int, namespace: str) -> str:
-    """Run a recipe as a PyTorchJob (``loganalyzer.launch``) with the step's paths; return the model dir.
+                    overrides: dict, image: str, nodes: int, nproc_per_node: int, namespace: str,
+                    engine: str = "pytorchjob") -> str:
+    """Run a recipe as a PyTorchJob or RayJob (``loganalyzer.launch``) with the step's paths; return the model dir.
 
     The trainer pods get the same MLflow settings and parent run id as this step, so their stage run nests
     under the pipeline's parent run.
@@ -162,7 +163,7 @@ def launch_training(name: str, recipe: str, model: str, train_file: str, eval_fi
     env = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", PARENT_ENV)
            if os.environ.get(k)}
     run(LaunchConfig(name=name, recipe=recipe, args=args, image=image, nodes=nodes, nproc_per_node=nproc_per_node,
-                     namespace=_namespace(namespace), env=env))
+                     namespace=_namespace(namespace), env=env, engine=engine))
     return output_dir
 
 

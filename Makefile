@@ -22,7 +22,7 @@ ARGS ?=
 KUBE_LOCAL ?= ../shared/tools/kube-local/kube-local
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint bench clean images pipeline manifests deploy run kube-local
+.PHONY: help install demo test test-fast lint bench clean images pipeline manifests deploy run kube-local chromium
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,7 +31,7 @@ $(BIN)/loganalyzer: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -c constraints.txt -e ".[deepspeed,serve,cluster,tracking,ray,dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[deepspeed,serve,chat,cluster,tracking,ray,dev]"
 	@touch $@
 
 install: $(BIN)/loganalyzer ## create .venv with everything (torch first, then pinned constraints)
@@ -78,6 +78,9 @@ run: install ## start a pipeline run: make run KFP_HOST=https://.../pipeline [EX
 	@test -n "$(KFP_HOST)" || { echo "set KFP_HOST to your KFP API endpoint"; exit 2; }
 	$(BIN)/loganalyzer pipeline run --host $(KFP_HOST) --experiment $(EXPERIMENT) $(ARGS)
 
+chromium: ## install Debian's chromium for the real-browser chatbot test (apt; Playwright never downloads one)
+	command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
 kube-local: ## build the local kube-apiserver the Kubernetes tests use (../shared/tools/kube-local; ~6 min once)
 	$(KUBE_LOCAL) build
 
@@ -88,4 +91,4 @@ bench: install ## benchmarks (chunking, synthesis client, CPT packing; GPU train
 	cd benchmarks && ../$(BIN)/python bench_gpu_train.py
 
 clean: ## remove runs/ and caches (keeps .venv)
-	rm -rf runs .lint .pytest_cache .ruff_cache
+	rm -rf runs .lint test-artifacts .pytest_cache .ruff_cache

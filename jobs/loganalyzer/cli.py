@@ -17,6 +17,7 @@ COMMANDS = {
     "serve": ("loganalyzer.serve", "OpenAI-compatible server for a model dir on loopback"),
     "tiny-model": ("loganalyzer.tiny_model", "build a tiny local Llama + tokenizer (no hub needed)"),
     "pipeline": ("loganalyzer.pipeline", "compile the Kubeflow pipeline, or start a run on a KFP endpoint"),
+    "chat": ("loganalyzer.chat", "the log-analysis chatbot (Streamlit) on an OpenAI-compatible endpoint"),
     "demo": ("loganalyzer.demo", "run the whole pipeline on one machine (kfp local runner)"),
 }
 

@@ -1,7 +1,8 @@
 """Stage 6 (local) — an OpenAI-compatible server for a model dir: ``transformers serve`` on loopback.
 
 ``loganalyzer serve --model DIR [--port 8000] [--host 127.0.0.1]`` preloads the model and serves
-``POST /v1/chat/completions`` (streaming and not), ``GET /v1/models`` and ``GET /health`` until interrupted. Any
+``POST /v1/chat/completions`` (streaming and not), ``GET /v1/models`` (the served model first) and ``GET /health``
+until interrupted. Any
 ``openai`` client reaches it at ``http://HOST:PORT/v1``; the demo uses it as the teacher when no
 ``OPENAI_API_KEY`` is set. In the cluster KServe serves the same model (see the serving manifests).
 """
@@ -92,10 +93,16 @@ def main(argv: list[str] | None = None) -> None:
     if "/" in cfg.model and not Path(cfg.model).exists() and cfg.model.startswith((".", "/")):
         raise ConfigError(f"--model {cfg.model}: no such directory")
     from huggingface_hub import constants
+    from transformers.cli.serving.model_manager import ModelManager
     from transformers.cli.transformers import main as transformers_cli
 
     # `GET /v1/models` scans the hub cache and answers 500 when the directory does not exist.
     Path(constants.HF_HUB_CACHE).mkdir(parents=True, exist_ok=True)
+    # ...and it never lists the preloaded model, which is the only one this server answers with: list it first,
+    # as vLLM and KServe do, so clients can take "the first model the endpoint lists".
+    cached = ModelManager.get_gen_models
+    served = {"id": cfg.model, "object": "model", "created": 0, "owned_by": "loganalyzer"}
+    ModelManager.get_gen_models = staticmethod(lambda cache_dir=None: [served, *cached(cache_dir)])
 
     log.info("serving %s at http://%s:%d/v1", cfg.model, cfg.host, cfg.port)
     sys.argv = ["transformers", *command(cfg)]

@@ -5,7 +5,8 @@ the requested length, or NLPLog records quoting a real line of the log), after `
 by the request's prompt: attempt ``n`` of a prompt gets ``plan[n]`` of the fault plan chosen for it
 (``schedule[hash(prompt) % len(schedule)]``), then succeeds. Faults: ``429`` (with ``Retry-After-Ms``), ``500``,
 ``timeout`` (sleeps ``timeout_sleep_s`` before answering), ``malformed`` (invalid JSON content for JSON tasks,
-an empty reply for text tasks) and ``bad_body`` (an HTTP 200 whose body is not JSON).
+an empty reply for text tasks) and ``bad_body`` (an HTTP 200 whose body is not JSON). ``"stream": true`` gets the
+reply as server-sent ``chat.completion.chunk`` events, one per word, then ``data: [DONE]``.
 
 Not for production: it exists so that retries, validation and resume are tested against real HTTP.
 """
@@ -66,6 +67,7 @@ class FakeOpenAI:
         self.in_flight = 0
         self.max_in_flight = 0
         self.attempts: dict[str, int] = defaultdict(int)
+        self.bodies: list[dict] = []  # every chat request body, in arrival order
         self.times: dict[str, list[float]] = defaultdict(list)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -82,6 +84,13 @@ class FakeOpenAI:
         return self
 
     def __exit__(self, *_: object) -> None:
+        async def close_connections() -> None:  # keep-alive connections: end them while the loop still runs
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(close_connections(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
 
@@ -135,6 +144,7 @@ class FakeOpenAI:
             self.in_flight -= 1
 
     async def _complete(self, body: dict) -> tuple[int, bytes, dict[str, str]]:
+        self.bodies.append(body)
         prompt = body["messages"][-1]["content"]
         fault = self._fault(prompt)
         if self.latency_s:
@@ -151,6 +161,9 @@ class FakeOpenAI:
         content = _reply_for(prompt)
         if fault == "malformed":
             content = content[: len(content) // 2] if content.startswith("{") else ""
+        if body.get("stream"):
+            return 200, _sse(content, body.get("model", self.model), self.requests), {
+                "Content-Type": "text/event-stream"}
         resp = {"id": f"chatcmpl-{self.requests}", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model", self.model),
                 "choices": [{"index": 0, "finish_reason": "stop",
@@ -158,6 +171,16 @@ class FakeOpenAI:
                 "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(content) // 4,
                           "total_tokens": (len(prompt) + len(content)) // 4}}
         return 200, json.dumps(resp).encode(), {}
+
+
+def _sse(content: str, model: str, n: int) -> bytes:
+    """A streamed reply: one ``chat.completion.chunk`` per word, a final chunk with ``finish_reason``, [DONE]."""
+    base = {"id": f"chatcmpl-{n}", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+    words = re.findall(r"\S+\s*", content) or [""]
+    events = [{**base, "choices": [{"index": 0, "delta": ({"role": "assistant"} if i == 0 else {}) | {"content": w},
+                                    "finish_reason": None}]} for i, w in enumerate(words)]
+    events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    return "".join(f"data: {json.dumps(e)}\n\n" for e in events).encode() + b"data: [DONE]\n\n"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,168 @@
+"""The chatbot: log reading, prompt format, token budgeting, and every page flow with Streamlit's AppTest against a
+loopback OpenAI-compatible server (streaming), errors included."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+from conftest import loghub_file
+
+from loganalyzer.chat import APP, Chat, ChatConfig, ChatError, TokenCounter, first_user_message, read_log, split_log
+from loganalyzer.prompts import load_prompts
+from loganalyzer.testing.fake_openai import FakeOpenAI
+
+
+def test_read_log_plain_gzip_binary_and_too_big():
+    text = "line one\nline two é\n"
+    assert read_log("a.log", text.encode(), 1) == text
+    assert read_log("a.log.gz", gzip.compress(text.encode()), 1) == text
+    assert read_log("bad.log", b"ok \xff\xfe\n", 1) == "ok \ufffd\ufffd\n"  # invalid UTF-8 is replaced, not fatal
+    with pytest.raises(ChatError, match="binary"):
+        read_log("x.bin", b"\x7fELF\x00\x00", 1)
+    with pytest.raises(ChatError, match="not a valid gzip"):
+        read_log("x.gz", b"plain", 1)
+    with pytest.raises(ChatError, match="larger than the 0.001 MB limit"):
+        read_log("big.log", b"x" * 2000, 0.001)
+    with pytest.raises(ChatError, match="larger than"):  # the limit applies after decompression
+        read_log("bomb.gz", gzip.compress(b"x" * 5000), 0.001)
+
+
+def test_first_user_message_is_the_training_format():
+    log = loghub_file("HDFS").read_text().splitlines()[:60]
+    log = "\n".join(log)
+    p = load_prompts()
+    assert first_user_message("", log, "root_cause") == p.user_turn("root_cause", log)
+    assert first_user_message("", log, "summarize").endswith("Please answer in detail.\n\nLog content:\n\n" + log)
+    assert first_user_message("Which block failed?", log) == "Which block failed?\n\nLog content:\n\n" + log
+
+
+def test_split_log_keeps_whole_lines_within_budget():
+    count = TokenCounter()
+    text = "".join(f"event {i:04d} happened on node-{i % 7}\n" for i in range(300))
+    parts = split_log(text, count, budget=200)
+    assert "".join(parts) == text and len(parts) > 1
+    assert all(count(p) <= 200 for p in parts) and all(p.endswith("\n") for p in parts)
+    assert split_log("short\n", count, 200) == ["short\n"]
+    long_line = "x" * 5000
+    assert "".join(split_log(long_line, count, 100)) == long_line
+
+
+@pytest.fixture
+def server():
+    with FakeOpenAI(model="fake-served") as srv:
+        yield srv
+
+
+def _app(endpoint, **cfg):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.session_state["cfg"] = ChatConfig(endpoint=endpoint, **cfg)
+    return at.run()
+
+
+def _button(at, key):
+    return next(b for b in at.button if b.key == key)
+
+
+def _chunk():
+    return "\n".join(loghub_file("OpenSSH").read_text().splitlines()[:80])
+
+
+def test_summarize_button_streams_the_answer_with_the_training_prompt(server):
+    at = _app(server.base_url)
+    assert _button(at, "task-summarize").disabled  # no log yet
+    log = _chunk()
+    at.text_area(key="pasted").input(log).run()
+    assert "80 lines" in at.info[0].value
+    _button(at, "task-summarize").click().run()
+    assert not at.exception
+    body = server.bodies[-1]
+    assert body["stream"] is True and body["model"] == "fake-served"  # the first model the endpoint lists
+    assert body["messages"] == [{"role": "user", "content": load_prompts().user_turn("summarize", log)}]
+    replies = [m for m in at.chat_message if m.name == "assistant"]
+    assert len(replies) == 1 and "The log has 80 lines" in replies[0].markdown[0].value
+    assert f"answered by fake-served at {server.base_url}" in replies[0].caption[0].value
+
+    # a free-form follow-up carries the history; the log is not sent again
+    at.chat_input[0].set_value("Which host failed most?").run()
+    body = server.bodies[-1]
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+    assert body["messages"][-1]["content"] == "Which host failed most?"
+    assert len([m for m in at.chat_message if m.name == "assistant"]) == 2
+    assert not [t for t in at.text_area if t.key == "pasted"]  # the log is fixed once the conversation started
+
+
+def test_free_question_first_carries_the_log_and_markdown_download(server):
+    at = _app(server.base_url, model="fake-served")
+    log = _chunk()
+    at.text_area(key="pasted").input(log).run()
+    at.chat_input[0].set_value("Why did sshd close connections?").run()
+    assert server.bodies[-1]["messages"][0]["content"] == \
+        "Why did sshd close connections?\n\nLog content:\n\n" + log
+    chat = at.session_state["chat"]
+    md = chat.to_markdown()
+    assert md.startswith("# loganalyzer conversation") and "**You:** Why did sshd close connections?" in md
+    assert f"(fake-served at {server.base_url})" in md and log.splitlines()[0] in md
+
+
+def test_long_log_is_analysed_in_parts_with_a_notice(server):
+    at = _app(server.base_url, context_tokens=2048, max_tokens=256)
+    log = "\n".join(loghub_file("HDFS").read_text().splitlines()[:400])
+    at.text_area(key="pasted").input(log).run()
+    assert "analysed in parts" in at.info[0].value
+    before = len(server.bodies)
+    _button(at, "task-root_cause").click().run()
+    assert not at.exception
+    chat = at.session_state["chat"]
+    n_parts = len(split_log(log, chat.count, chat.log_budget))
+    assert n_parts > 1 and len(server.bodies) - before == n_parts + 1  # map, then one merge
+    map_prompts = [b["messages"][0]["content"] for b in server.bodies[before:before + n_parts]]
+    assert all(p.startswith(load_prompts().question("root_cause")) for p in map_prompts)
+    assert "".join(p.split("Log content:\n\n", 1)[1] for p in map_prompts).strip() == log.strip()
+    assert server.bodies[-1]["messages"][0]["content"].startswith("The log below was too long")
+    assert f"analysed in {n_parts} parts" in at.warning[0].value
+
+
+def test_endpoint_down_then_retry_keeps_the_conversation(server):
+    from loganalyzer.serve import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    at = _app(dead, model="fake-served")
+    at.text_area(key="pasted").input(_chunk()).run()
+    _button(at, "task-find_patterns").click().run()
+    assert not at.exception
+    assert "cannot reach" in at.error[0].value and dead in at.error[0].value
+    assert [m.name for m in at.chat_message] == ["user", "assistant"]  # the question stays on the page
+    # the user fixes the endpoint in the sidebar and retries: same request, conversation kept
+    at.text_input(key="endpoint").input(server.base_url).run()
+    _button(at, "retry").click().run()
+    assert not at.error and server.bodies[-1]["messages"][0]["content"].startswith(
+        load_prompts().question("find_patterns"))
+    assert len(at.session_state["chat"].turns) == 1 and at.session_state["chat"].turns[0].reply
+
+
+def test_http_errors_and_an_endpoint_without_models():
+    with FakeOpenAI(schedule=[["500", "500", "500"]]) as srv:
+        at = _app(srv.base_url, model="fake-teacher")
+        at.text_area(key="pasted").input(_chunk()).run()
+        _button(at, "task-summarize").click().run()
+        assert "answered HTTP 500: internal error" in at.error[0].value
+        assert _button(at, "retry")
+    chat = Chat(ChatConfig(endpoint="http://127.0.0.1:9/v1"))
+    chat.client.models.list = lambda: type("Page", (), {"data": []})()  # an endpoint that lists nothing
+    with pytest.raises(ChatError, match="lists no models: set the model name"):
+        chat.model()
+
+
+def test_new_chat_clears_everything(server):
+    at = _app(server.base_url)
+    at.text_area(key="pasted").input(_chunk()).run()
+    _button(at, "task-compare_halves").click().run()
+    assert at.session_state["chat"].turns
+    _button(at, "new_chat").click().run()
+    chat = at.session_state["chat"]
+    assert not chat.turns and not chat.messages and not chat.log_text
+    assert at.text_area(key="pasted").value == ""
+    assert not [m for m in at.chat_message]

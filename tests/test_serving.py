@@ -1,0 +1,120 @@
+"""`loganalyzer serve` with a tiny model on loopback: the `openai` client's contract (models, non-streaming and
+streaming chat), and the chatbot in a real headless Chromium driven by Playwright (screenshots kept)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, loghub_file
+
+from loganalyzer.serve import free_port, local_server
+
+pytestmark = pytest.mark.integration
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("LOGANALYZER_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+
+
+@pytest.fixture(scope="module")
+def served(tiny_env, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    with local_server(str(tiny_env["model"]), log_file=log) as url:
+        yield url, str(tiny_env["model"])
+
+
+def test_openai_client_contract(served):
+    from openai import OpenAI
+
+    url, model = served
+    client = OpenAI(base_url=url, api_key="none")
+    assert client.models.list().data[0].id == model  # the served model is listed first
+    messages = [{"role": "user", "content": "Summarize. Please answer in detail.\n\nLog content:\n\nA\nB"}]
+    full = client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0)
+    assert full.object == "chat.completion" and full.choices[0].message.role == "assistant"
+    assert isinstance(full.choices[0].message.content, str) and full.choices[0].finish_reason in ("stop", "length")
+    chunks = list(client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0,
+                                                 stream=True))
+    assert chunks and all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == full.choices[0].message.content  # greedy: the same text either way
+
+
+@pytest.fixture(scope="module")
+def app(served):
+    """`loganalyzer chat` on a free port, wired to the tiny model server."""
+    url, _ = served
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "loganalyzer.chat", "--endpoint", url, "--port", str(port),
+                             "context_tokens=1024", "max_tokens=32"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"chat app did not start: {proc.stdout.read()[-2000:]}")
+        time.sleep(0.5)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture
+def page(app):
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("LOGANALYZER_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{CHROMIUM} not found (apt-get install chromium)")
+        pytest.skip("Debian chromium not installed")
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        pg = browser.new_page(viewport={"width": 1280, "height": 1000})
+        pg.goto(app)
+        pg.get_by_text("Paste a log").wait_for(timeout=60_000)
+        yield pg
+        browser.close()
+
+
+def test_browser_paste_summarize_upload_and_endpoint_down(page, tmp_path):
+    chunk = "\n".join(loghub_file("OpenSSH").read_text().splitlines()[:8])
+    page.get_by_label("Paste a log").fill(chunk)
+    page.keyboard.press("Control+Enter")  # commit the text area
+    page.get_by_text("Log: 8 lines").wait_for(timeout=30_000)
+    page.get_by_role("button", name="Summarize").click()
+    page.get_by_text("answered by").first.wait_for(timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "chat-summarize.png"), full_page=True)
+
+    # New Chat, then upload a longer gzipped log: the page says it will be analysed in parts
+    page.get_by_role("button", name="New Chat").click()
+    long_log = tmp_path / "hdfs.log.gz"
+    long_log.write_bytes(gzip.compress("\n".join(loghub_file("HDFS").read_text().splitlines()[:300]).encode()))
+    page.locator("input[type=file]").set_input_files(str(long_log))
+    page.get_by_text("it will be analysed in parts").wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "chat-long-log.png"), full_page=True)
+
+    # the endpoint goes away: a clear message and a Retry button, the question stays
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    endpoint = page.get_by_label("Endpoint (OpenAI-compatible, …/v1)")
+    endpoint.fill(dead)
+    endpoint.press("Enter")
+    page.get_by_role("button", name="Find Patterns").click()
+    page.get_by_text("cannot reach").wait_for(timeout=60_000)
+    assert page.get_by_role("button", name="Retry").is_visible()
+    page.screenshot(path=str(ARTIFACTS / "chat-endpoint-down.png"), full_page=True)

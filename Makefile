@@ -10,7 +10,7 @@ LINT_VENV ?= .venv-lint
 # Images: <IMAGE_REGISTRY>/loganalyzer-<name>:<TAG> (no registry: local names).
 IMAGE_REGISTRY ?=
 TAG ?= 0.1.0
-IMAGES := jobs train
+IMAGES := jobs train chatbot
 IMAGE_PREFIX := $(if $(IMAGE_REGISTRY),$(IMAGE_REGISTRY)/,)
 # deploy: the kustomize overlay to install and the namespace KFP watches for Pipeline objects.
 OVERLAY ?= dev
@@ -60,7 +60,7 @@ lint: install $(LINT_VENV)/bin/checkov ## ruff; checkov over rendered overlays, 
 	$(LINT_VENV)/bin/checkov --config-file .checkov.yaml -d .lint --framework kubernetes
 	$(LINT_VENV)/bin/checkov --config-file .checkov.yaml -d images --framework dockerfile
 
-images: ## docker build IMAGE_REGISTRY/loganalyzer-{jobs,train}:TAG (needs a Docker engine)
+images: ## docker build IMAGE_REGISTRY/loganalyzer-{jobs,train,chatbot}:TAG (needs a Docker engine)
 	for i in $(IMAGES); do docker build -f images/$$i/Dockerfile -t $(IMAGE_PREFIX)loganalyzer-$$i:$(TAG) . || exit 1; done
 
 pipeline: install ## compile pipelines/cpt-finetune.yaml (Pipeline + PipelineVersion; kubectl apply -f registers it)

@@ -144,11 +144,14 @@ def evaluate(test: str, base: str, sft: str, cpt_sft: str, run_dir: str, max_new
 
 
 @component(base_image=JOBS_IMAGE)
-def deploy(name: str, model_dir: str, models_pvc: str, models_root: str, namespace: str) -> str:
+def deploy(name: str, model_dir: str, models_pvc: str, models_root: str, namespace: str, serve_lora: bool,
+           lora_base_dir: str) -> str:
     from loganalyzer import steps
 
     steps.use_tracking("", "", "")
-    return steps.deploy(name, model_dir, models_pvc, models_root, namespace)
+    url = steps.deploy(name, model_dir, models_pvc, models_root, namespace, lora_base_dir if serve_lora else "")
+    print(f"inference URL: {url}")  # also the task's output, shown in the run's UI
+    return url
 
 
 @component(base_image=JOBS_IMAGE)
@@ -205,6 +208,7 @@ def build(target: str = "local"):
         train_image: str = TRAIN_IMAGE,
         namespace: str = "",
         serve_name: str = "loganalyzer-chat",
+        serve_lora: bool = False,
         eval_max_new_tokens: int = 512,
         eval_limit: int = 0,
         seed: int = 1309,
@@ -259,8 +263,9 @@ def build(target: str = "local"):
         task(finish(parent_run_id=pid, report_file=report.outputs["Output"], **track))
         if cluster:
             report.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+            # the merged cpt_sft model, or (serve_lora) its adapter on top of the CPT model it was trained from
             task(deploy(name=serve_name, model_dir=cpt_sft.output, models_pvc=MODELS_PVC, models_root=MODELS_ROOT,
-                        namespace=namespace).after(report))
+                        namespace=namespace, serve_lora=serve_lora, lora_base_dir=cpt.output).after(report))
 
     return cpt_finetune
 

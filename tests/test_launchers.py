@@ -283,6 +283,22 @@ def test_inferenceservice_create_then_update(cluster, kserve_client):
     assert box.get("result") == "http://chat.example.com/openai/v1", box
 
 
+def test_inferenceservice_lora_mode():
+    from loganalyzer.deploy import runtime_args
+
+    uri, args = runtime_args(DeployConfig(name="x", storage_uri="pvc://models/r1/cpt",
+                                          adapter_uri="pvc://models/r1/cpt_sft/adapter", served_model_name="la"))
+    assert uri == "pvc://models"  # one mount holds the base and the adapter
+    assert args[-3:] == ["--model_dir=/mnt/models/r1/cpt", "--enable-lora",
+                         "--lora-modules=la=/mnt/models/r1/cpt_sft/adapter"]
+    assert "--backend=vllm" in args
+    with pytest.raises(ValueError, match="one claim"):
+        runtime_args(DeployConfig(name="x", storage_uri="pvc://a/base", adapter_uri="pvc://b/adapter"))
+    with pytest.raises(ValueError, match="pvc://"):
+        runtime_args(DeployConfig(name="x", storage_uri="s3://bucket/base", adapter_uri="pvc://b/adapter"))
+    assert "--backend=huggingface" in runtime_args(DeployConfig(name="x", storage_uri="pvc://a/m", gpus=0))[1]
+
+
 def test_inferenceservice_not_ready_reports_the_reason(cluster, kserve_client):
     api, _ = cluster
     t, box = _in_thread(deploy, _deploy_cfg("t-broken", timeout_s=2), kserve_client)

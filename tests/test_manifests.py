@@ -171,14 +171,19 @@ def test_launcher_builds_the_manifest_pytorchjob(renderings):
 
 
 def test_launcher_objects_are_valid(kube):
-    """What `loganalyzer launch` creates (PyTorchJob 2 x 4, RayJob) passes the CRD schemas, hardening and dry-run."""
+    """What `loganalyzer launch` and `deploy` create (PyTorchJob 2 x 4, RayJob, InferenceServices merged and LoRA)
+    passes the CRD schemas, hardening and dry-run."""
+    from loganalyzer.deploy import DeployConfig, inference_service
     from loganalyzer.k8s import to_dict
     from loganalyzer.launch import rayjob
 
     docs = [to_dict(pytorchjob(LaunchConfig(name="x-cpt", recipe="cpt_full_zero3", nodes=2, nproc_per_node=4,
                                             tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists"}],
                                             node_selector={"pool": "gpu"}))),
-            rayjob(LaunchConfig(name="x-sft", recipe="sft_lora", engine="ray", nproc_per_node=4))]
+            rayjob(LaunchConfig(name="x-sft", recipe="sft_lora", engine="ray", nproc_per_node=4)),
+            to_dict(inference_service(DeployConfig(name="x-chat", storage_uri="pvc://loganalyzer-models/r/cpt_sft"))),
+            to_dict(inference_service(DeployConfig(name="x-lora", storage_uri="pvc://loganalyzer-models/r/cpt",
+                                                   adapter_uri="pvc://loganalyzer-models/r/cpt_sft/adapter")))]
     assert validate(docs) == []
     assert [p for d in docs for p in security_problems(d)] == []
     kube.ensure_namespace("loganalyzer")

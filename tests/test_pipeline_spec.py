@@ -68,7 +68,8 @@ def test_cluster_dag(definition, tmp_path):
     engines = {names[n]: tasks[n]["inputs"]["parameters"]["engine"] for n in names if n.startswith("launch-training")}
     assert engines["cpt"] == {"runtimeValue": {"constant": "pytorchjob"}}
     assert engines["sft"] == engines["cpt-sft"] == {"componentInputParameter": "sft_engine"}
-    assert deps["deploy"] == {"evaluate", "launch-training-2"}  # serves the cpt_sft model, after evaluation
+    # serves the cpt_sft model (or its adapter on the CPT model), after evaluation
+    assert deps["deploy"] == {"evaluate", "launch-training", "launch-training-2"}
     executors = spec["deploymentSpec"]["executors"]
     assert executors["exec-evaluate"]["container"]["image"].startswith("loganalyzer-train:")
     assert executors["exec-evaluate"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"

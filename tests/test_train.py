@@ -68,6 +68,9 @@ def test_sft_lora_merges_and_keeps_the_original_chat_template(tiny_env, tmp_path
                 eval_steps=2, report_to=["none"]))
     model = AutoModelForCausalLM.from_pretrained(out)
     assert not any("lora" in n for n, _ in model.named_parameters())
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())  # for KServe's LoRA mode
+    assert adapter["r"] == 16 and adapter["lora_alpha"] == 32
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
     tok = AutoTokenizer.from_pretrained(out)
     assert "{%- generation %}" not in tok.chat_template
     assert tok.chat_template == AutoTokenizer.from_pretrained(tiny_env["model"]).chat_template

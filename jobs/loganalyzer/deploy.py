@@ -2,8 +2,14 @@
 
     loganalyzer deploy --name loganalyzer-chat --storage-uri pvc://loganalyzer-data/runs/1/models/cpt_sft
 
-The predictor uses KServe's Hugging Face serving runtime (``modelFormat: huggingface``; vLLM backend on GPU),
-which exposes the OpenAI-compatible API under ``<status.url>/openai/v1``; that URL is printed and returned.
+The predictor uses KServe's Hugging Face serving runtime (``modelFormat: huggingface``; the vLLM backend with a GPU,
+the transformers one without), which exposes the OpenAI-compatible API under ``<status.url>/openai/v1``; that URL
+is printed and returned. Readiness and liveness probes use the runtime's ``/v2/health/*``; ``min_replicas`` /
+``max_replicas`` / ``scale_target`` (concurrent requests per replica) bound the autoscaler.
+
+Two modes: the merged model at ``storage_uri`` (default), or ``adapter_uri`` set: the base model at ``storage_uri``
+with the LoRA adapter (``train`` writes it to ``<output_dir>/adapter``) served on top by vLLM (``--enable-lora``)
+under ``served_model_name``. Both must then be ``pvc://`` paths on the same claim, which KServe mounts once.
 Created, updated and watched through the ``kserve`` SDK's ``KServeClient``. An existing service of the same name is
 replaced in place and the launcher waits for the new generation to be Ready. Not Ready within ``timeout_s``:
 exits 1 with the Ready condition's reason and message.
@@ -37,6 +43,9 @@ class DeployConfig(StageConfig):
     memory: str | None = Field(default=None, description="memory request, e.g. '48Gi'")
     min_replicas: int = Field(default=1, ge=0, description="autoscaling lower bound (0: scale to zero)")
     max_replicas: int = Field(default=1, ge=1, description="autoscaling upper bound")
+    scale_target: int = Field(default=8, ge=1, description="concurrent requests per replica before scaling out")
+    adapter_uri: str = Field(default="", description="LoRA mode: the adapter (pvc://<same claim>/<path>/adapter); "
+                                                     "storage_uri is then the base model")
     runtime: str | None = Field(default=None, description="ServingRuntime name (unset: KServe picks by format)")
     args: list[str] = Field(default=[], description="extra arguments for the serving runtime")
     service_account: str | None = Field(default=None,
@@ -47,24 +56,56 @@ class DeployConfig(StageConfig):
     poll_s: float = Field(default=10, gt=0, description="seconds between readiness checks")
 
 
+MOUNT = "/mnt/models"  # where KServe's storage initializer puts storage_uri
+PORT = 8080  # the Hugging Face runtime's HTTP port
+
+
+def _pvc(uri: str) -> tuple[str, str]:
+    claim, _, path = uri.removeprefix("pvc://").partition("/")
+    return claim, path.strip("/")
+
+
+def runtime_args(cfg: DeployConfig) -> tuple[str, list[str]]:
+    """(storageUri, runtime arguments) for the mode of ``cfg``. Raises ValueError for a LoRA pair that KServe
+    cannot mount together."""
+    backend = "vllm" if cfg.gpus else "huggingface"
+    args = [f"--model_name={cfg.served_model_name}", f"--backend={backend}", f"--max-model-len={cfg.max_model_len}"]
+    if not cfg.adapter_uri:
+        return cfg.storage_uri, args + cfg.args
+    if not (cfg.storage_uri.startswith("pvc://") and cfg.adapter_uri.startswith("pvc://")):
+        raise ValueError("LoRA mode needs storage_uri and adapter_uri as pvc:// paths on one claim")
+    (claim, base), (adapter_claim, adapter) = _pvc(cfg.storage_uri), _pvc(cfg.adapter_uri)
+    if claim != adapter_claim or not cfg.gpus:
+        raise ValueError(f"LoRA mode needs one claim for both ({claim} vs {adapter_claim}) and a GPU (vLLM)")
+    return f"pvc://{claim}", args + [f"--model_dir={MOUNT}/{base}", "--enable-lora",
+                                     f"--lora-modules={cfg.served_model_name}={MOUNT}/{adapter}", *cfg.args]
+
+
 def inference_service(cfg: DeployConfig):
     """The ``V1beta1InferenceService`` for ``cfg``."""
     import kserve
 
+    storage_uri, args = runtime_args(cfg)
     requests = {k: v for k, v in (("cpu", cfg.cpu), ("memory", cfg.memory)) if v}
     limits = {}
     if cfg.gpus:
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(cfg.gpus)
     volumes, mounts = kube.scratch_volumes(shm_size="16Gi" if cfg.gpus else None)
+
+    def probe(path: str, failures: int) -> k8s.V1Probe:  # loading an 8B model takes minutes: be patient
+        return k8s.V1Probe(http_get=k8s.V1HTTPGetAction(path=path, port=PORT), initial_delay_seconds=30,
+                           period_seconds=10, timeout_seconds=5, failure_threshold=failures)
+
     model = kserve.V1beta1ModelSpec(
-        model_format=kserve.V1beta1ModelFormat(name="huggingface"), storage_uri=cfg.storage_uri,
-        runtime=cfg.runtime,
-        args=[f"--model_name={cfg.served_model_name}", f"--max_model_len={cfg.max_model_len}", *cfg.args],
+        name="kserve-container", model_format=kserve.V1beta1ModelFormat(name="huggingface"), storage_uri=storage_uri,
+        runtime=cfg.runtime, args=args,
         env=kube.env_list({"HOME": "/tmp", "HF_HUB_OFFLINE": "1"}),
         resources=k8s.V1ResourceRequirements(requests=requests or None, limits=limits or None),
+        readiness_probe=probe("/v2/health/ready", 60), liveness_probe=probe("/v2/health/live", 6),
         volume_mounts=mounts, security_context=kube.container_security_context())
     predictor = kserve.V1beta1PredictorSpec(
-        model=model, min_replicas=cfg.min_replicas, max_replicas=cfg.max_replicas, volumes=volumes,
+        model=model, min_replicas=cfg.min_replicas, max_replicas=cfg.max_replicas, scale_metric="concurrency",
+        scale_target=cfg.scale_target, volumes=volumes,
         service_account_name=cfg.service_account, security_context=kube.pod_security_context(),
         node_selector=cfg.node_selector or None, tolerations=kube.tolerations(cfg.tolerations) or None)
     return kserve.V1beta1InferenceService(

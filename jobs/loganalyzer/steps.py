@@ -167,11 +167,20 @@ def launch_training(name: str, recipe: str, model: str, train_file: str, eval_fi
     return output_dir
 
 
-def deploy(name: str, model_dir: str, models_pvc: str, models_root: str, namespace: str) -> str:
+def deploy(name: str, model_dir: str, models_pvc: str, models_root: str, namespace: str,
+           lora_base_dir: str = "") -> str:
     """Serve ``model_dir`` (a path under the models PVC mount) with a KServe InferenceService; return its
-    OpenAI-compatible base URL."""
+    OpenAI-compatible base URL. With ``lora_base_dir``: serve ``model_dir/adapter`` on top of that base instead of
+    the merged model."""
     from loganalyzer.deploy import DeployConfig, run
+    from loganalyzer.train import ADAPTER_DIR
 
-    relative = Path(model_dir).relative_to(models_root)
-    return run(DeployConfig(name=name, storage_uri=f"pvc://{models_pvc}/{relative}",
-                            namespace=_namespace(namespace)))
+    def uri(path: str) -> str:
+        return f"pvc://{models_pvc}/{Path(path).relative_to(models_root)}"
+
+    if lora_base_dir:
+        cfg = DeployConfig(name=name, storage_uri=uri(lora_base_dir), adapter_uri=uri(f"{model_dir}/{ADAPTER_DIR}"),
+                           namespace=_namespace(namespace))
+    else:
+        cfg = DeployConfig(name=name, storage_uri=uri(model_dir), namespace=_namespace(namespace))
+    return run(cfg)

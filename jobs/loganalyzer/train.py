@@ -336,10 +336,16 @@ def resume_checkpoint(cfg: TrainConfig) -> str | None:
     return last
 
 
+ADAPTER_DIR = "adapter"
+
+
 def save_final(trainer, tokenizer, original_template: str | None, cfg: TrainConfig) -> Path:
-    """Save the final (merged) model with the tokenizer and its original chat template at ``output_dir``."""
+    """Save the final (merged) model with the tokenizer and its original chat template at ``output_dir``; with LoRA
+    the adapter alone also goes to ``output_dir/adapter`` (KServe's LoRA mode serves it on top of the base)."""
     out = Path(cfg.output_dir)
     tokenizer.chat_template = original_template
+    if cfg.lora:
+        trainer.save_model(str(out / ADAPTER_DIR))  # every rank calls it: the Trainer gathers and rank 0 writes
     if cfg.lora and cfg.merge_adapter:
         model = trainer.accelerator.unwrap_model(trainer.model)
         if trainer.is_world_process_zero():

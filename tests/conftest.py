@@ -60,8 +60,9 @@ def tiny_env(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def kube():
-    """A real kube-apiserver on loopback (../shared/tools/kube-local) with the upstream CRDs applied.
+def kube(tmp_path_factory):
+    """A real kube-apiserver on loopback (../shared/tools/kube-local) with the upstream CRDs applied, private to
+    this test session (own state dir and ports).
 
     Skipped when kube-local is missing or not built (``make kube-local``), unless LOGANALYZER_REQUIRE_KUBE=1
     (set by .ci/run), which turns that into a failure.
@@ -74,6 +75,6 @@ def kube():
         if os.environ.get("LOGANALYZER_REQUIRE_KUBE") == "1":
             pytest.fail(message)
         pytest.skip(message)
-    server = KubeLocal().start()
+    server = KubeLocal(built_home=home, home=tmp_path_factory.mktemp("kube-local")).start()
     yield server
     server.stop()

@@ -34,6 +34,24 @@ def tool(name: str) -> str:
     return found
 
 
+def _free_port(pair: bool = False) -> int:
+    """A free loopback port (``pair``: and the next one too, for etcd's client + peer ports)."""
+    import socket
+
+    while True:
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            if not pair:
+                return port
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                    return port
+                except OSError:
+                    continue
+
+
 def load_all(text: str) -> list[dict]:
     return [d for d in yaml.load_all(text, Loader=yaml.CSafeLoader) if d]
 
@@ -151,25 +169,25 @@ def security_problems(doc: dict) -> list[str]:
 
 
 class KubeLocal:
-    """A kube-local API server with the upstream CRDs installed (started here unless already running)."""
+    """A private kube-local API server with the upstream CRDs installed: its own KUBE_LOCAL_HOME (sharing the
+    built binaries) and ports, so test sessions never share or stop each other's server or objects."""
 
-    def __init__(self):
+    def __init__(self, built_home: Path, home: Path):
         self.kubeconfig = ""
-        self._started = False
+        self._env = {**os.environ, "KUBE_LOCAL_HOME": str(home), "KUBE_LOCAL_PORT": str(_free_port()),
+                     "KUBE_LOCAL_ETCD_PORT": str(_free_port(pair=True)), "KUBE_LOCAL_KCM_PORT": str(_free_port())}
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "bin").symlink_to(built_home / "bin")
 
     def start(self) -> KubeLocal:
-        env = {**os.environ}
-        running = subprocess.run([str(KUBE_LOCAL), "status"], capture_output=True, env=env).returncode == 0
-        out = subprocess.run([str(KUBE_LOCAL), "start"], check=True, capture_output=True, text=True, env=env)
-        self._started = not running
+        out = subprocess.run([str(KUBE_LOCAL), "start"], check=True, capture_output=True, text=True, env=self._env)
         self.kubeconfig = out.stdout.strip().split("=", 1)[1].strip("'\"")
         subprocess.run([str(KUBE_LOCAL), "crds", str(CRDS / "kube-1.20")], check=True, capture_output=True,
-                       env={**env, "KUBECONFIG": self.kubeconfig})
+                       env={**self._env, "KUBECONFIG": self.kubeconfig})
         return self
 
     def stop(self) -> None:
-        if self._started:
-            subprocess.run([str(KUBE_LOCAL), "stop"], capture_output=True)
+        subprocess.run([str(KUBE_LOCAL), "stop"], capture_output=True, env=self._env)
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
                 as_user: str | None = None) -> subprocess.CompletedProcess:

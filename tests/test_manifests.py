@@ -19,7 +19,7 @@ CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 CONFIGS = ROOT / "jobs" / "configs"
 
 
-COMPONENTS = ("cpt-2x4", "ray-sft")
+COMPONENTS = ("cpt-2x4", "ray-sft", "serving")
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +119,46 @@ def test_ray_sft_component(renderings):
     assert cfg.engine == "ray" and cfg.ray_workers == workers["replicas"] == workers["maxReplicas"]
     gpus = workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
     assert cfg.ray_use_gpu and gpus == "1"
+
+
+def test_serving_component_matches_the_deploy_step(renderings):
+    """The shipped InferenceService is what `loganalyzer deploy` builds, and the chatbot points at it."""
+    from loganalyzer.deploy import DeployConfig, inference_service
+    from loganalyzer.k8s import to_dict
+
+    docs = renderings["overlays/production+serving"]
+    (isvc,) = [d for d in docs if d["kind"] == "InferenceService"]
+    built = to_dict(inference_service(DeployConfig(name=isvc["metadata"]["name"],
+                                                   storage_uri="pvc://loganalyzer-models/default/cpt_sft")))
+    assert isvc["spec"] == built["spec"]
+    chatbot = by_kind(docs, "Deployment")["loganalyzer-chatbot"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in chatbot["env"]}
+    assert env["LOGANALYZER_ENDPOINT"] == \
+        f"http://{isvc['metadata']['name']}-predictor.{isvc['metadata']['namespace']}.svc.cluster.local/openai/v1"
+    assert f"--model_name={env['LOGANALYZER_MODEL']}" in isvc["spec"]["predictor"]["model"]["args"]
+    assert chatbot["image"].startswith("registry.example.com/loganalyzer/loganalyzer-chatbot:")
+    # the NetworkPolicy leaves the serving pods reachable from the ingress gateway / activator
+    (policy,) = by_kind(docs, "NetworkPolicy").values()
+    assert {"key": "app.kubernetes.io/component", "operator": "NotIn", "values": ["serving", "chatbot"]} in \
+        policy["spec"]["podSelector"]["matchExpressions"]
+
+
+def test_chart_serving_matches_the_deploy_step_in_lora_mode(renderings):
+    from loganalyzer.deploy import DeployConfig, inference_service
+    from loganalyzer.k8s import to_dict
+
+    values = yaml.safe_load((CHART / "ci" / "ci-values.yaml").read_text())
+    docs = renderings["chart+ci-values.yaml"]
+    (isvc,) = [d for d in docs if d["kind"] == "InferenceService"]
+    built = to_dict(inference_service(DeployConfig(
+        name=isvc["metadata"]["name"], storage_uri=f"pvc://loganalyzer-models/{values['serving']['modelPath']}",
+        adapter_uri=f"pvc://loganalyzer-models/{values['serving']['adapterPath']}",
+        max_replicas=values["serving"]["maxReplicas"], node_selector=values["placement"]["gpu"]["nodeSelector"],
+        tolerations=values["placement"]["gpu"]["tolerations"])))
+    assert isvc["spec"] == built["spec"]
+    chatbot = by_kind(docs, "Deployment")["loganalyzer-chatbot"]["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "LOGANALYZER_ENDPOINT", "value": "http://loganalyzer-chat-predictor.loganalyzer.svc.cluster."
+            "local/openai/v1"} in chatbot["env"]
 
 
 def test_dev_overlay_runs_tiny_cpu_recipes(renderings):

@@ -84,10 +84,11 @@ chromium: ## install Debian's chromium for the real-browser chatbot test (apt; P
 kube-local: ## build the local kube-apiserver the Kubernetes tests use (../shared/tools/kube-local; ~6 min once)
 	$(KUBE_LOCAL) build
 
-bench: install ## benchmarks (chunking, synthesis client, CPT packing; GPU training when CUDA is present)
+bench: install ## benchmarks (chunking, synthesis client, CPT packing, chatbot latency; GPU training with CUDA)
 	cd benchmarks && ../$(BIN)/python bench_chunk.py
 	cd benchmarks && ../$(BIN)/python bench_synthesize.py
 	cd benchmarks && ../$(BIN)/python bench_pack.py
+	cd benchmarks && ../$(BIN)/python bench_chat_latency.py
 	cd benchmarks && ../$(BIN)/python bench_gpu_train.py
 
 clean: ## remove runs/ and caches (keeps .venv)

@@ -143,13 +143,22 @@ def test_endpoint_down_then_retry_keeps_the_conversation(server):
     assert len(at.session_state["chat"].turns) == 1 and at.session_state["chat"].turns[0].reply
 
 
-def test_http_errors_and_an_endpoint_without_models():
+def test_http_errors_timeouts_and_an_endpoint_without_models():
     with FakeOpenAI(schedule=[["500", "500", "500"]]) as srv:
         at = _app(srv.base_url, model="fake-teacher")
         at.text_area(key="pasted").input(_chunk()).run()
         _button(at, "task-summarize").click().run()
         assert "answered HTTP 500: internal error" in at.error[0].value
         assert _button(at, "retry")
+    with FakeOpenAI(schedule=[["429", "429", "429"]], retry_after_ms=10) as srv:  # a 4xx, after the client's retry
+        chat = Chat(ChatConfig(endpoint=srv.base_url, model="fake-teacher"))
+        with pytest.raises(ChatError, match="answered HTTP 429: rate limited"):
+            list(chat.reply_stream(chat.ask(text="hello")))
+        assert chat.turns[0].user == "hello" and not chat.messages  # nothing half-recorded
+    with FakeOpenAI(schedule=[["timeout", "timeout", "timeout"]], timeout_sleep_s=3) as srv:
+        chat = Chat(ChatConfig(endpoint=srv.base_url, model="fake-teacher", timeout_s=0.5))
+        with pytest.raises(ChatError, match=r"did not answer within 0.5 s"):
+            list(chat.reply_stream(chat.ask(text="hello")))
     chat = Chat(ChatConfig(endpoint="http://127.0.0.1:9/v1"))
     chat.client.models.list = lambda: type("Page", (), {"data": []})()  # an endpoint that lists nothing
     with pytest.raises(ChatError, match="lists no models: set the model name"):

@@ -8,14 +8,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, loghub_file
 
-from loganalyzer.serve import free_port, local_server
+from loganalyzer.serve import free_port, local_server, wait_healthy
 
 pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -48,28 +46,20 @@ def test_openai_client_contract(served):
 
 
 @pytest.fixture(scope="module")
-def app(served):
+def app(served, tmp_path_factory):
     """`loganalyzer chat` on a free port, wired to the tiny model server."""
     url, _ = served
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "loganalyzer.chat", "--endpoint", url, "--port", str(port),
-                             "context_tokens=1024", "max_tokens=32"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"chat app did not start: {proc.stdout.read()[-2000:]}")
-        time.sleep(0.5)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=20)
+    log = tmp_path_factory.mktemp("chat") / "chat.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "loganalyzer.chat", "--endpoint", url, "--port", str(port),
+                                 "context_tokens=1024", "max_tokens=32"], stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/_stcore/health", proc, 120, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
 
 
 @pytest.fixture

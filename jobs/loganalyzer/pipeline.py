@@ -113,8 +113,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         print(run(args.host, args.experiment, args.arguments, args.run_name, args.namespace, args.service_account,
                   args.token))
-    except ConfigError:
-        raise
     except Exception as exc:  # the KFP API's errors (unreachable host, 4xx/5xx) end the command, not a traceback
         print(f"error: could not start the run on {args.host}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

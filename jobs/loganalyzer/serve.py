@@ -48,6 +48,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float, log_path: Path) -> None:
+    """Poll ``url`` until it answers 200. Raises RuntimeError (with the tail of ``log_path``) when ``proc`` exits
+    first, or when ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[2]} exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} not healthy after {timeout_s}s; log: {log_path}")
+        time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def local_server(model: str, port: int | None = None, startup_timeout_s: float = 300.0,
                  log_file: str | Path | None = None) -> Iterator[str]:
@@ -61,20 +79,7 @@ def local_server(model: str, port: int | None = None, startup_timeout_s: float =
         proc = subprocess.Popen([sys.executable, "-m", "loganalyzer.serve", "--model", str(model), "--port",
                                  str(port)], stdout=fh, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + startup_timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"model server exited with {proc.returncode}: "
-                                   f"{log_path.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"model server not healthy after {startup_timeout_s}s; log: {log_path}")
-            time.sleep(0.5)
+        wait_healthy(f"http://127.0.0.1:{port}/health", proc, startup_timeout_s, log_path)
         log.info("local model server for %s at http://127.0.0.1:%d/v1 (log %s)", model, port, log_path)
         yield f"http://127.0.0.1:{port}/v1"
     finally:

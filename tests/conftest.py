@@ -78,3 +78,11 @@ def kube(tmp_path_factory):
     server = KubeLocal(built_home=home, home=tmp_path_factory.mktemp("kube-local")).start()
     yield server
     server.stop()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the item (``item.rep_call``), so fixtures can save evidence when a test failed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -18,6 +18,7 @@ from loganalyzer.serve import free_port, local_server, wait_healthy
 pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("LOGANALYZER_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+STEP_MS = 90_000  # an upper bound per browser step; a 2-core CI machine under load needs far less
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_openai_client_contract(served):
 
 @pytest.fixture(scope="module")
 def app(served, tmp_path_factory):
-    """`loganalyzer chat` on a free port, wired to the tiny model server."""
+    """`loganalyzer chat` on a free port, wired to the tiny model server; yields (url, its log file)."""
     url, _ = served
     port = free_port()
     log = tmp_path_factory.mktemp("chat") / "chat.log"
@@ -56,47 +57,64 @@ def app(served, tmp_path_factory):
                                  "context_tokens=1024", "max_tokens=32"], stdout=fh, stderr=subprocess.STDOUT)
     try:
         wait_healthy(f"http://127.0.0.1:{port}/_stcore/health", proc, 120, log)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", log
     finally:
         proc.terminate()
         proc.wait(timeout=20)
 
 
 @pytest.fixture
-def page(app):
+def page(app, request):
+    """A headless Chromium page on the app; on failure the page's screenshot and the app's log go to ARTIFACTS."""
     if not Path(CHROMIUM).exists():
         if os.environ.get("LOGANALYZER_REQUIRE_BROWSER") == "1":
             pytest.fail(f"{CHROMIUM} not found (apt-get install chromium)")
         pytest.skip("Debian chromium not installed")
     from playwright.sync_api import sync_playwright
 
+    url, log = app
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         pg = browser.new_page(viewport={"width": 1280, "height": 1000})
-        pg.goto(app)
+        pg.goto(url)
         pg.get_by_text("Paste a log").wait_for(timeout=60_000)
         yield pg
+        if request.node.rep_call.failed:
+            pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}-failed.png"), full_page=True)
+            shutil.copy(log, ARTIFACTS / f"{request.node.name}-chat.log")
         browser.close()
+
+
+def _settled(page, timeout=STEP_MS):
+    """Wait until the app's script run (and any st.rerun it asked for) is over, so the next action is not lost
+    in a rerun. Streamlit marks its root element with the script state."""
+    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(timeout=timeout)
 
 
 def test_browser_paste_summarize_upload_and_endpoint_down(page, tmp_path):
     chunk = "\n".join(loghub_file("OpenSSH").read_text().splitlines()[:8])
     page.get_by_label("Paste a log").fill(chunk)
     page.keyboard.press("Control+Enter")  # commit the text area
-    page.get_by_text("Log: 8 lines").wait_for(timeout=30_000)
+    page.get_by_text("Log: 8 lines").wait_for(timeout=STEP_MS)
+    _settled(page)
     page.get_by_role("button", name="Summarize").click()
-    page.get_by_text("answered by").first.wait_for(timeout=60_000)
+    page.get_by_text("answered by").first.wait_for(timeout=STEP_MS)
+    _settled(page)
     page.screenshot(path=str(ARTIFACTS / "chat-summarize.png"), full_page=True)
 
     # New Chat, then upload a longer gzipped log: the page says it will be analysed in parts
     page.get_by_role("button", name="New Chat").click()
+    upload = page.locator("input[type=file]")
+    upload.wait_for(state="attached", timeout=STEP_MS)
+    _settled(page)
     long_log = tmp_path / "hdfs.log.gz"
     long_log.write_bytes(gzip.compress("\n".join(loghub_file("HDFS").read_text().splitlines()[:300]).encode()))
-    page.locator("input[type=file]").set_input_files(str(long_log))
-    page.get_by_text("it will be analysed in parts").wait_for(timeout=30_000)
+    upload.set_input_files(str(long_log))
+    page.get_by_text("it will be analysed in parts").wait_for(timeout=STEP_MS)
+    _settled(page)
     page.screenshot(path=str(ARTIFACTS / "chat-long-log.png"), full_page=True)
 
     # the endpoint goes away: a clear message and a Retry button, the question stays
@@ -104,8 +122,9 @@ def test_browser_paste_summarize_upload_and_endpoint_down(page, tmp_path):
     endpoint = page.get_by_label("Endpoint (OpenAI-compatible, …/v1)")
     endpoint.fill(dead)
     endpoint.press("Enter")
+    _settled(page)
     page.get_by_role("button", name="Find Patterns").click()
     # the app shows the error while the turn runs, then reruns to draw it from history with the Retry button
-    page.get_by_role("button", name="Retry").wait_for(timeout=60_000)
+    page.get_by_role("button", name="Retry").wait_for(timeout=STEP_MS)
     assert page.get_by_text("cannot reach").first.is_visible()
     page.screenshot(path=str(ARTIFACTS / "chat-endpoint-down.png"), full_page=True)

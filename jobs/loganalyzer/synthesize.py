@@ -1,4 +1,6 @@
-"""Stage 2 — synthesize training data with a teacher LLM through any OpenAI-compatible endpoint.
+"""Stage 2 — synthesize training data with a teacher: an LLM through any OpenAI-compatible endpoint
+(``teacher: llm``, the default), or the offline grounded teacher (``teacher: grounded``: formulaic answers from a
+Drain3 template profile of the chunk, see ``loganalyzer.grounded_teacher``; no endpoint, no key).
 
 For every ``(chunk, task)`` the teacher is asked once (plus ``validation_retries`` re-asks for invalid
 replies). Output directory:
@@ -27,7 +29,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pydantic import Field, field_validator
@@ -47,6 +49,9 @@ class SynthesizeConfig(StageConfig):
     chunks: str = Field(description="chunks JSON Lines from `loganalyzer chunk`")
     out: str = Field(description="output directory (records.jsonl, rejects.jsonl, summary.json)")
     tasks: list[str] = Field(list(ALL_TASKS), description="tasks to run")
+    teacher: Literal["llm", "grounded"] = Field(
+        "llm", description="llm: the model at base_url; grounded: the offline Drain3-profile teacher (not an LLM; "
+                           "base_url, model and the sampling settings are then unused)")
     base_url: str = Field(DEFAULT_BASE_URL, description="OpenAI-compatible endpoint (…/v1)")
     model: str = Field("gpt-4o-mini", description="teacher model name")
     concurrency: int = Field(16, ge=1, description="requests in flight")
@@ -224,6 +229,41 @@ async def _ask(client, cfg: SynthesizeConfig, task: str, chunk: dict) -> dict:
     return {**base, "reason": reason, "attempts": cfg.validation_retries + 1, "rejected": True}
 
 
+def _ask_grounded(cfg: SynthesizeConfig, task: str, chunk: dict) -> dict:
+    """One item from the grounded teacher, validated like an LLM reply; bad input becomes a reject row."""
+    from loganalyzer import grounded_teacher
+
+    base = {"chunk_id": chunk["id"], "task": task, "model": cfg.model}
+    t0 = time.perf_counter()
+    try:
+        text = grounded_teacher.reply(task, chunk["content"], chunk.get("system", ""), chunk["id"],
+                                      cfg.conversation_turns, cfg.nlplog_items)
+        output = validate_reply(task, text, chunk, cfg)
+    except (ValueError, InvalidReply) as exc:  # InvalidReply is a ValueError too
+        return {**base, "reason": f"{'invalid' if isinstance(exc, InvalidReply) else 'bad_input'}: {exc}",
+                "attempts": 1, "rejected": True}
+    return {**base, "system": chunk.get("system", ""), "output": output,
+            "prompt_version": f"{grounded_teacher.NAME}-{grounded_teacher.VERSION}", "attempts": 1, "usage": None,
+            "latency_s": round(time.perf_counter() - t0, 3)}
+
+
+def _write(row: dict, task: str, records: JsonlWriter, rejects: JsonlWriter, counts: Counter) -> None:
+    if row.pop("rejected", False):
+        rejects.write(row)
+        counts[f"rejected:{row['reason'].split(':')[0]}"] += 1
+    else:
+        records.write(row)
+        counts[f"accepted:{task}"] += 1
+
+
+def _run_grounded(cfg: SynthesizeConfig, items: list[tuple[str, dict]], records: JsonlWriter,
+                  rejects: JsonlWriter, counts: Counter) -> None:
+    from tqdm import tqdm
+
+    for task, chunk in tqdm(items, desc="synthesize (grounded)", unit="item", disable=not items):
+        _write(_ask_grounded(cfg, task, chunk), task, records, rejects, counts)
+
+
 async def _run_async(cfg: SynthesizeConfig, items: list[tuple[str, dict]], records: JsonlWriter,
                      rejects: JsonlWriter, counts: Counter) -> None:
     from tqdm.asyncio import tqdm
@@ -240,13 +280,7 @@ async def _run_async(cfg: SynthesizeConfig, items: list[tuple[str, dict]], recor
                 task, chunk = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            row = await _ask(client, cfg, task, chunk)
-            if row.pop("rejected", False):
-                rejects.write(row)
-                counts[f"rejected:{row['reason'].split(':')[0]}"] += 1
-            else:
-                records.write(row)
-                counts[f"accepted:{task}"] += 1
+            _write(await _ask(client, cfg, task, chunk), task, records, rejects, counts)
             bar.update(1)
 
     try:
@@ -260,6 +294,10 @@ def run(cfg: SynthesizeConfig) -> dict:
     """Synthesize every missing ``(chunk, task)``; return and write the run's summary counts."""
     if not Path(cfg.chunks).is_file():
         raise ConfigError(f"--chunks {cfg.chunks}: no such file (run `loganalyzer chunk` first)")
+    if cfg.teacher == "grounded":  # what ran, in the records, the summary and MLflow
+        from loganalyzer.grounded_teacher import NAME
+
+        cfg = cfg.model_copy(update={"model": NAME, "base_url": "", "json_mode": False})
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     records_path, rejects_path = out / "records.jsonl", out / "rejects.jsonl"
@@ -273,13 +311,18 @@ def run(cfg: SynthesizeConfig) -> dict:
     items = [(t, c) for c in chunks for t in cfg.tasks if (c["id"], t, cfg.model) not in done]
     skipped = len(chunks) * len(cfg.tasks) - len(items)
     log.info("synthesize: %d chunks x %d tasks with %s at %s; %d done already, %d to ask (concurrency %d)",
-             len(chunks), len(cfg.tasks), cfg.model, cfg.base_url, skipped, len(items), cfg.concurrency)
+             len(chunks), len(cfg.tasks), cfg.model, cfg.base_url or "(in process)", skipped, len(items),
+             cfg.concurrency)
     counts: Counter[str] = Counter()
     t0 = time.perf_counter()
     with JsonlWriter(records_path, append=True) as records, JsonlWriter(rejects_path, append=True) as rejects:
-        asyncio.run(_run_async(cfg, items, records, rejects, counts))
+        if cfg.teacher == "grounded":
+            _run_grounded(cfg, items, records, rejects, counts)
+        else:
+            asyncio.run(_run_async(cfg, items, records, rejects, counts))
     accepted = sum(v for k, v in counts.items() if k.startswith("accepted:"))
-    summary = {"model": cfg.model, "base_url": cfg.base_url, "chunks": len(chunks), "tasks": cfg.tasks,
+    summary = {"teacher": cfg.teacher, "model": cfg.model, "base_url": cfg.base_url, "chunks": len(chunks),
+               "tasks": cfg.tasks,
                "skipped_done": skipped, "asked": len(items), "accepted": accepted,
                "rejected": len(items) - accepted, "counts": dict(sorted(counts.items())),
                "records_total": len(done) + accepted, "seconds": round(time.perf_counter() - t0, 2)}

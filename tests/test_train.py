@@ -195,3 +195,40 @@ def test_sft_with_an_unpatchable_template_trains_on_the_last_turn(tiny_env, tmp_
     # The prompt (with the log) is masked out; the answer, at the end, is learned.
     assert learned and learned[-1] == len(row["input_ids"]) - 1 and learned[0] > len(row["input_ids"]) // 2
     trainer.train()
+
+
+def _per_token_losses(model, input_ids, position_ids=None, **extra):
+    import torch
+
+    with torch.inference_mode():
+        logits = model(input_ids=input_ids, position_ids=position_ids, **extra).logits.float()
+    return torch.nn.functional.cross_entropy(logits[0, :-1], input_ids[0, 1:], reduction="none")
+
+
+@pytest.mark.integration
+def test_packed_cpt_rows_isolate_their_samples(tiny_env, tmp_path):
+    """A packed row as our trainer builds it (TRL's bfd_split packing, padding-free collator: position_ids, no
+    attention mask): each sample's per-token loss equals its loss alone. With a KV cache built in the forward pass
+    (transformers 5.23, SDPA) a sample would attend to the one before it, which build_trainer turns off."""
+    import torch
+
+    from loganalyzer.train import build_trainer
+
+    cfg = _recipe("cpt_tiny_cpu", model_name_or_path=str(tiny_env["model"]), output_dir=str(tmp_path / "o"),
+                  train_file=str(tiny_env["datasets"] / "cpt_train.jsonl"), max_length=512, report_to=["none"])
+    trainer, _, _ = build_trainer(cfg)
+    model = trainer.model.eval()
+    assert model.config.use_cache is False
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "attention_mask" not in batch and "position_ids" in batch
+    ids, pos = batch["input_ids"][:1], batch["position_ids"][:1]
+    starts = (pos[0] == 0).nonzero().flatten().tolist() + [ids.shape[1]]
+    assert len(starts) > 2, "the first packed row should hold several samples"
+    packed = _per_token_losses(model, ids, pos)
+    cached = _per_token_losses(model, ids, pos, use_cache=True)
+    gaps = []
+    for a, b in zip(starts[:-1], starts[1:], strict=True):
+        alone = _per_token_losses(model, ids[:, a:b])
+        assert torch.allclose(packed[a:b - 1], alone, atol=1e-4), (a, b)
+        gaps.append((cached[a:b - 1] - alone).abs().max().item())
+    assert max(gaps[1:]) > 1e-2  # the check can fail: with a cache the later samples see the earlier ones

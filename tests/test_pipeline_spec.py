@@ -39,14 +39,16 @@ def test_local_dag(definition, tmp_path):
     deps = _deps(spec)
     assert set(deps) == {"paths", "start", "chunk", "base-model", "synthesize", "build-datasets", "train", "train-2",
                          "train-3", "evaluate", "finish"}
-    assert "chunk" in deps["synthesize"] and "base-model" in deps["synthesize"]
-    assert "synthesize" in deps["build-datasets"]
+    assert "chunk" in deps["synthesize"] and "base-model" not in deps["synthesize"]  # teachers need no base model
+    assert {"synthesize", "base-model"} <= deps["build-datasets"]
     assert "build-datasets" in deps["train"]  # CPT
     assert "train" in deps["train-2"]  # SFT on the CPT model
     assert "train" not in deps["train-3"] and "base-model" in deps["train-3"]  # SFT on the base model
     assert {"train-2", "train-3", "base-model"} <= deps["evaluate"]
-    assert spec["root"]["inputDefinitions"]["parameters"]["base_model_name"]["defaultValue"] == \
-        "meta-llama/Llama-3.1-8B-Instruct"
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["base_model_name"]["defaultValue"] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert (params["teacher"]["defaultValue"], params["chunk_min_lines"]["defaultValue"],
+            params["chunk_max_lines"]["defaultValue"]) == ("auto", 50, 150)
     outputs = spec["components"]["comp-evaluate"]["outputDefinitions"]["artifacts"]
     assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs.items()} == \
         {"metrics": "system.Metrics", "report_md": "system.Markdown", "report_html": "system.HTML"}

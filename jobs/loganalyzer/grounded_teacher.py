@@ -6,14 +6,15 @@
 - **event templates** mined with Drain3 (He et al., "Drain: An Online Log Parsing Approach with Fixed Depth Tree",
   ICWS 2017; the ``drain3`` package, maintained fork ``drain3-improved``) over each line with its timestamp cut
   off, after masking IPv4 addresses (``<IP>``), HDFS block ids (``<BLK>``) and hex numbers (``<HEX>``); Drain
-  itself turns other numeric tokens into ``<*>``. Each line belongs to the cluster Drain put it in, and every
-  cluster's final template matches all of its lines;
+  turns the tokens that vary within a cluster into ``<*>`` (a one-line cluster keeps its numbers). Each line
+  belongs to the cluster Drain put it in, and every cluster's final template matches all of its lines;
 - **severity** per line: the first level word (``FATAL``, ``ERROR``, ``WARN[ING]``, ``INFO``, ``DEBUG``, ...;
   upper case, or lower case in brackets such as Apache's ``[error]``), normalised (``WARN`` -> ``WARNING``);
 - **problem lines**: severity WARNING or worse, or a failure word (``PROBLEM_WORDS``: error, fail, exception,
   denied, refused, timeout, invalid, ...) anywhere in the line;
-- **timestamps**: the first of ``TIMESTAMP_FORMATS`` found in a line's first 96 characters (ISO 8601, syslog,
-  Apache, HDFS, Spark, BGL, HealthApp, Proxifier, Android, 10-digit epoch); the time span is first to last;
+- **timestamps**: the earliest of ``TIMESTAMP_FORMATS`` found in a line's first 96 characters (ISO 8601, syslog,
+  Apache, HDFS, Spark, BGL, HealthApp, Proxifier, Android, 10-digit epoch); the time span is first to last, with
+  a duration only when both are of one format;
 - **entities** (``ENTITY_PATTERNS``): IPv4 addresses, host names (syslog host field, ``rhost=``, FQDNs with a
   common TLD), HDFS block ids, user names (``user X``, ``for [invalid user] X from``, ``failures for X``,
   ``user=``), file paths (two or more ``/`` segments), with the number of lines each appears on;
@@ -67,11 +68,11 @@ TIMESTAMP_FORMATS: tuple[tuple[str, str], ...] = (
 _TIMESTAMPS = [(re.compile(p), f) for p, f in TIMESTAMP_FORMATS]
 _TLDS = "com|net|org|edu|gov|mil|io|hk|cn|de|uk|jp|fr|ru|br|in|us|eu|local|internal|lan|localdomain"
 ENTITY_PATTERNS: dict[str, tuple[str, ...]] = {
-    "ip": (r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\d.])",),
+    "ip": (r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?!\d|\.\d)",),
     "host": (r"^[A-Z][a-z]{2} +\d{1,2} \d{2}:\d{2}:\d{2} ([\w-]+) ", r"\brhost=([A-Za-z][\w.-]*)",
              rf"(?<![\w.-])((?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+(?:{_TLDS}))(?![\w.-])"),
     "block": (r"\b(blk_-?\d+)\b",),
-    "user": (r"\b(?:for|invalid) user ([A-Za-z_][\w.$-]*)", r"\bfor (?:invalid user )?([A-Za-z_][\w.$-]*) from\b",
+    "user": (r"\b(?:for|[Ii]nvalid) user ([A-Za-z_][\w.$-]*)", r"\bfor (?:invalid user )?([A-Za-z_][\w.$-]*) from\b",
              r"\bfailures? for (?:invalid user )?([A-Za-z_][\w.$-]*)",
              r"\b(?:ruser|user|logname)=([A-Za-z_][\w.$-]*)"),
     "path": (r"(?<![\w.:/])((?:/[\w.@+-]+){2,}/?)",),
@@ -93,6 +94,7 @@ class Line:
     problem: bool
     timestamp: str | None
     time: datetime | None
+    time_format: str | None
 
 
 @dataclass
@@ -114,10 +116,15 @@ class Profile:
     templates: dict[int, Template]
     entities: dict[str, Counter]  # kind -> value -> lines it appears on
     components: Counter
+    blank: int = 0  # blank lines: not counted, but line numbers count them
 
     @property
     def n(self) -> int:
         return len(self.lines)
+
+    def at(self, number: int) -> Line:
+        """The line with this (1-based, blank lines counted) number."""
+        return next(ln for ln in self.lines if ln.number == number)
 
     def ranked(self, lines: list[Line] | None = None) -> list[tuple[Template, int]]:
         """Templates by count (then first appearance) within ``lines`` (default: all)."""
@@ -152,18 +159,20 @@ def _parse_time(raw: str, fmt: str) -> datetime | None:
         return None
 
 
-def find_timestamp(line: str) -> tuple[str, int, int, datetime | None] | None:
-    """The first known timestamp in the line's first 96 characters: (text, start, end, parsed or None); start and
+def find_timestamp(line: str) -> tuple[str, int, int, datetime | None, str] | None:
+    """The earliest known timestamp in the line's first 96 characters (a 10-digit epoch only when no other format
+    is there; at one position, ``TIMESTAMP_FORMATS`` order): (text, start, end, parsed or None, format). Start and
     end take in brackets around it (``[Sun Dec 04 04:47:44 2005]``), so that cutting it leaves no ``[ ]``."""
     head = line[:96]
-    for regex, fmt in _TIMESTAMPS:
-        m = regex.search(head)
-        if m:
-            start, end = m.start(), m.end()
-            if line[start - 1:start] == "[" and line[end:end + 1] == "]":
-                start, end = start - 1, end + 1
-            return m.group(0), start, end, _parse_time(m.group(0), fmt)
-    return None
+    found = [(fmt == "epoch", m.start(), i, m, fmt) for i, (regex, fmt) in enumerate(_TIMESTAMPS)
+             if (m := regex.search(head))]
+    if not found:
+        return None
+    _, _, _, m, fmt = min(found, key=lambda f: f[:3])
+    start, end = m.start(), m.end()
+    if line[start - 1:start] == "[" and line[end:end + 1] == "]":
+        start, end = start - 1, end + 1
+    return m.group(0), start, end, _parse_time(m.group(0), fmt), fmt
 
 
 def severity(line: str) -> str | None:
@@ -180,7 +189,7 @@ def _check_text(content: str) -> list[str]:
     control = sum(1 for c in content if ord(c) < 32 and c not in "\t\n\r")
     if "\x00" in content or control > len(content) // 20:
         raise ValueError("the chunk is not text (NUL bytes or control characters): is it a binary file?")
-    return [ln for ln in content.replace("\r\n", "\n").split("\n") if ln.strip()]
+    return [(n, ln) for n, ln in enumerate(content.replace("\r\n", "\n").split("\n"), 1) if ln.strip()]
 
 
 def _miner():
@@ -203,14 +212,14 @@ def profile(content: str) -> Profile:
     lines: list[Line] = []
     entities: dict[str, Counter] = {k: Counter() for k in ENTITY_PATTERNS}
     components: Counter = Counter()
-    for number, text in enumerate(texts, 1):
+    for number, text in texts:
         ts = find_timestamp(text)
         message = (text[:ts[1]] + " " + text[ts[2]:]).strip() if ts else text
         cluster_id = miner.add_log_message(message or text)["cluster_id"]
         level = severity(text)
         problem = level in PROBLEM_LEVELS or bool(_PROBLEM.search(text))
-        lines.append(Line(number, text, message or text, cluster_id, level, problem, ts[0] if ts else None,
-                          ts[3] if ts else None))
+        lines.append(Line(number, text, message or text, cluster_id, level, problem, *(ts[0], ts[3], ts[4]) if ts
+                          else (None, None, None)))
         for kind, patterns in _ENTITIES.items():
             found = {m.group(m.lastindex or 0).rstrip(".,:;") for p in patterns for m in p.finditer(text)}
             entities[kind].update(found)
@@ -221,8 +230,8 @@ def profile(content: str) -> Profile:
     for ln in lines:
         templates[ln.template_id].lines.append(ln.number)
     templates = {k: t for k, t in templates.items() if t.lines}
-    entities["host"] -= Counter({ip: entities["host"][ip] for ip in entities["ip"]})  # an IP is not a host name
-    return Profile(lines, templates, {k: v for k, v in entities.items() if v}, components)
+    blank = content.replace("\r\n", "\n").count("\n") + 1 - len(lines)
+    return Profile(lines, templates, {k: v for k, v in entities.items() if v}, components, blank)
 
 
 # ---- wording ------------------------------------------------------------------------------------------------
@@ -253,7 +262,7 @@ def _span(lines: list[Line]) -> str:
     if first is last or first.timestamp == last.timestamp:
         return f" at {first.timestamp}"
     text = f" from {first.timestamp} to {last.timestamp}"
-    if first.time and last.time and last.time >= first.time:
+    if first.time and last.time and first.time_format == last.time_format and last.time >= first.time:
         text += f" ({_duration((last.time - first.time).total_seconds())})"
     return text
 
@@ -292,7 +301,9 @@ def _problem_sentence(p: Profile) -> str:
 
 def summarize(p: Profile, system: str) -> str:
     top = p.ranked()[:3]
-    lines = [f"This is {_a(system)} log of {_plural(p.n, 'line')}{_span(p.lines)}, with {_levels(p.levels())}.",
+    blanks = f" (and {p.blank} blank)" if p.blank else ""
+    lines = [f"This is {_a(system)} log of {_plural(p.n, 'line')}{blanks}{_span(p.lines)}, with "
+             f"{_levels(p.levels())}.",
              f"Drain finds {_plural(len(p.templates), 'event template')}; the most frequent "
              f"{'is' if len(top) == 1 else 'are'}:"]
     lines += [f"- {_tpl(t)}: {_plural(c, 'line')}" for t, c in top]
@@ -310,7 +321,7 @@ def root_cause(p: Profile, system: str) -> str:
     kinds = p.problem_templates()
     out = [f"{_plural(len(probs), 'line')} of {p.n} report a problem, in {_plural(len(kinds), 'event template')}:"]
     for t in kinds[:4]:
-        own = [p.lines[i - 1] for i in t.lines if p.lines[i - 1].problem]
+        own = [p.at(i) for i in t.lines if p.at(i).problem]
         when = f" ({own[0].timestamp})" if own[0].timestamp else ""
         last = f", last at line {own[-1].number}" if len(own) > 1 else ""
         out.append(f"- {_tpl(t)}: {_plural(len(own), 'line')}, first at line {own[0].number}{when}{last}")
@@ -320,10 +331,11 @@ def root_cause(p: Profile, system: str) -> str:
         out.append("The other problems come after it, so it is the most likely root cause; the later ones are "
                    "likely consequences.")
     else:
-        out.append(f"It is the only kind of problem here, repeated {_plural(len(probs), 'time')}, so its cause is "
-                   f"the most likely root cause.")
-    if first.number > 1:
-        out.append(f"Just before it, line {first.number - 1}: `{p.lines[first.number - 2].text}`")
+        out.append(f"It is the only kind of problem here ({_plural(len(probs), 'line')}), so its cause is the most "
+                   f"likely root cause.")
+    before = [ln for ln in p.lines if ln.number < first.number]
+    if before:
+        out.append(f"Just before it, line {before[-1].number}: `{before[-1].text}`")
     return "\n".join(out)
 
 
@@ -356,8 +368,8 @@ def compare_halves(p: Profile, system: str) -> str:
     if not first:
         return f"This {system} log has a single line, so it has no two halves to compare: `{p.lines[0].text}`"
     a, b = Counter(ln.template_id for ln in first), Counter(ln.template_id for ln in second)
-    out = [f"First half: lines 1-{len(first)}{_span(first)}. Second half: lines {len(first) + 1}-{p.n}"
-           f"{_span(second)}.",
+    out = [f"First half: lines {first[0].number}-{first[-1].number}{_span(first)}. Second half: lines "
+           f"{second[0].number}-{second[-1].number}{_span(second)}.",
            f"- Problem lines: {len(p.problems(first))} in the first half, {len(p.problems(second))} in the second.",
            f"- Severity: {_levels(p.levels(first))} in the first half; {_levels(p.levels(second))} in the second."]
     only_a = [(p.templates[t], c) for t, c in a.most_common() if t not in b]
@@ -441,7 +453,7 @@ def nlplog_records(p: Profile, system: str, items: int) -> list[dict]:
     chosen = p.problem_templates() + [t for t, _ in p.ranked() if t not in p.problem_templates()]
     out = []
     for t in chosen[:items]:
-        ln = p.lines[t.lines[0] - 1]
+        ln = p.at(t.lines[0])
         params = _parameters(t.text, ln.message)
         kind = (f"Its severity is {ln.level}." if ln.level else "It carries no severity level.")
         kind += " It reports a problem." if ln.problem else " It records a routine event, not a problem."

@@ -1,11 +1,22 @@
 import json
 import math
+import re
+import shutil
 from pathlib import Path
 
 import pytest
+from transformers.trainer_utils import get_last_checkpoint
 
 from loganalyzer.config import load_yaml
-from loganalyzer.train import TrainConfig, _callbacks, run, training_chat_template
+from loganalyzer.train import (
+    COMPLETE_MARKER,
+    TrainConfig,
+    _callbacks,
+    last_complete_checkpoint,
+    run,
+    training_chat_template,
+    write_marker,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
 CONVERSATIONS = [
@@ -51,10 +62,31 @@ def test_cpt_two_steps_checkpoint_resume_and_loadable_output(tiny_env, tmp_path,
     assert metrics["train_tokens_seen"] > 0 and math.isfinite(metrics["train_loss"])
     assert (out / "checkpoints" / "checkpoint-2").is_dir() and (out / "loss_curve.png").is_file()
     AutoModelForCausalLM.from_pretrained(out)
+    ckpts = out / "checkpoints"
+    assert json.loads((ckpts / "checkpoint-2" / COMPLETE_MARKER).read_text())["global_step"] == 2
+    # A pod killed while writing checkpoint-3: its weights cut short, no marker. transformers'
+    # get_last_checkpoint (trainer_utils.py) takes the highest number regardless; resume must not.
+    shutil.copytree(ckpts / "checkpoint-2", ckpts / "checkpoint-3")
+    (ckpts / "checkpoint-3" / COMPLETE_MARKER).unlink()
+    weights = ckpts / "checkpoint-3" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert get_last_checkpoint(str(ckpts)).endswith("checkpoint-3")
     caplog.set_level("INFO", logger="loganalyzer.train")
     run(cfg.model_copy(update={"max_steps": 3}))
-    assert "continuing from" in caplog.text and "checkpoint-2" in caplog.text
-    assert (out / "checkpoints" / "checkpoint-3").is_dir()
+    assert "skipping" in caplog.text and "continuing from" in caplog.text
+    assert re.search(r"continuing from \S*checkpoint-2\b", caplog.text)
+    assert json.loads((ckpts / "checkpoint-3" / COMPLETE_MARKER).read_text())["global_step"] == 3
+    AutoModelForCausalLM.from_pretrained(ckpts / "checkpoint-3")  # written again, whole
+
+
+def test_last_complete_checkpoint_skips_unmarked_and_foreign_dirs(tmp_path):
+    for name in ("checkpoint-5", "checkpoint-10", "checkpoint-20", "checkpoint-x"):
+        (tmp_path / name).mkdir()
+    write_marker(tmp_path / "checkpoint-5", {"global_step": 5})
+    write_marker(tmp_path / "checkpoint-10", {"global_step": 10})
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+    assert not list(tmp_path.glob("checkpoint-10/.*.tmp"))
+    assert last_complete_checkpoint(tmp_path / "missing") is None
 
 
 @pytest.mark.integration

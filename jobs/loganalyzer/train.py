@@ -8,9 +8,11 @@ and DeepSpeed JSON come from the launcher and the recipe, never from this code.
 Built on TRL's ``SFTTrainer`` (+ peft LoRA, + the HF DeepSpeed integration). CPT packs ``text`` rows
 (best-fit decreasing, overflow split, no token lost); SFT trains on assistant tokens only (TRL's assistant
 mask from a ``{% generation %}`` chat template). Liger kernels and flash-attention are used when installed on a
-GPU, SDPA otherwise. Checkpoints go to ``<output_dir>/checkpoints`` every ``save_steps``; ``resume: auto``
-continues from the latest. The final model (LoRA merged when ``merge_adapter``) is saved at ``<output_dir>``
-with its tokenizer and original chat template, loadable by ``AutoModelForCausalLM.from_pretrained``.
+GPU, SDPA otherwise. Checkpoints go to ``<output_dir>/checkpoints`` every ``save_steps``; once every rank has
+written its part, rank 0 adds ``COMPLETE_MARKER``, and ``resume: auto`` continues from the newest checkpoint that
+has it (a pod killed mid-save leaves one without: it is skipped, not resumed into a crash loop). The final model
+(LoRA merged when ``merge_adapter``) is saved at ``<output_dir>`` with its tokenizer and original chat template,
+loadable by ``AutoModelForCausalLM.from_pretrained``.
 
 Errors: empty data, samples longer than ``max_length`` (``overlong: error``; ``drop`` writes them to
 ``<output_dir>/rejects.jsonl``), and a NaN/inf loss stop the run with a message saying what to change.
@@ -80,7 +82,8 @@ class TrainConfig(StageConfig):
     save_strategy: Literal["steps", "no"] = Field(
         "steps", description="steps: a checkpoint every save_steps and at the end (resumable); no: none")
     save_steps: int = Field(500, ge=1)
-    save_total_limit: int = Field(2, ge=1)
+    save_total_limit: int = Field(2, ge=2, description="checkpoints kept; at least 2, so that a crash while the "
+                                                       "newest is written still leaves a complete one")
     eval_steps: int | None = Field(None, ge=1)
     resume: str = Field("auto", description="auto (latest checkpoint), never, or a checkpoint path")
     overlong: Literal["error", "drop"] = "error"
@@ -298,7 +301,33 @@ def _callbacks():
             if mlflow.active_run() is not None:
                 mlflow.log_metrics(metrics, step=state.global_step)
 
-    return [NaNGuard(), Throughput()]
+    class MarkComplete(TrainerCallback):
+        """After the Trainer saved a checkpoint (model, optimizer shards of every rank, trainer state): wait for
+        every rank, then write the marker atomically on rank 0."""
+
+        def on_save(self, args, state, control, **kw):
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
+            if state.is_world_process_zero:
+                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                write_marker(ckpt, {"global_step": state.global_step, "world_size": args.world_size})
+
+    return [NaNGuard(), Throughput(), MarkComplete()]
+
+
+COMPLETE_MARKER = "loganalyzer-checkpoint-complete.json"
+
+
+def write_marker(ckpt: Path, content: dict) -> None:
+    """Write ``COMPLETE_MARKER`` into ``ckpt`` through a temporary file, fsynced and renamed: it exists only whole."""
+    tmp = ckpt / f".{COMPLETE_MARKER}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(content, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, ckpt / COMPLETE_MARKER)
 
 
 def build_trainer(cfg: TrainConfig):
@@ -366,13 +395,23 @@ def resume_checkpoint(cfg: TrainConfig) -> str | None:
         if not Path(cfg.resume).is_dir():
             raise ConfigError(f"resume: checkpoint {cfg.resume} not found")
         return cfg.resume
-    from transformers.trainer_utils import get_last_checkpoint
+    return last_complete_checkpoint(Path(cfg.output_dir) / "checkpoints")
 
-    ckpt_dir = Path(cfg.output_dir) / "checkpoints"
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
-    if last:
-        log.info("resume: auto -> continuing from %s", last)
-    return last
+
+def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
+    """The highest-numbered ``checkpoint-N`` in ``ckpt_dir`` that holds ``COMPLETE_MARKER``, or None. Newer ones
+    without it (the pod died while saving) are skipped with a warning; transformers' ``get_last_checkpoint``
+    would take them."""
+    if not ckpt_dir.is_dir():
+        return None
+    found = sorted((int(d.name.removeprefix("checkpoint-")), d) for d in ckpt_dir.glob("checkpoint-*")
+                   if d.is_dir() and d.name.removeprefix("checkpoint-").isdigit())
+    for _, ckpt in reversed(found):
+        if (ckpt / COMPLETE_MARKER).is_file():
+            log.info("resume: auto -> continuing from %s", ckpt)
+            return str(ckpt)
+        log.warning("resume: skipping %s: no %s (not completely written)", ckpt, COMPLETE_MARKER)
+    return None
 
 
 ADAPTER_DIR = "adapter"

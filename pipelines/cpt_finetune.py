@@ -24,11 +24,14 @@ from typing import NamedTuple
 from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Markdown, Metrics, Output
 
-# The images holding the loganalyzer package (`make images`); the local runner ignores them.
+# The images holding the loganalyzer package (`make images`); the local runner ignores them. Without a registry
+# the cluster's nodes would pull `loganalyzer-jobs` from Docker Hub's library: the committed YAML names a
+# placeholder registry that `make deploy IMAGE_REGISTRY=...` compiles away, and `pipeline run` refuses it.
+PLACEHOLDER_REGISTRY = "registry.example.com/loganalyzer"
 TAG = os.environ.get("LOGANALYZER_IMAGE_TAG", "0.1.0")
-REGISTRY = os.environ.get("LOGANALYZER_IMAGE_REGISTRY", "")
-JOBS_IMAGE = f"{REGISTRY + '/' if REGISTRY else ''}loganalyzer-jobs:{TAG}"
-TRAIN_IMAGE = f"{REGISTRY + '/' if REGISTRY else ''}loganalyzer-train:{TAG}"
+REGISTRY = os.environ.get("LOGANALYZER_IMAGE_REGISTRY", "").rstrip("/") or PLACEHOLDER_REGISTRY
+JOBS_IMAGE = f"{REGISTRY}/loganalyzer-jobs:{TAG}"
+TRAIN_IMAGE = f"{REGISTRY}/loganalyzer-train:{TAG}"
 
 # Cluster wiring; the same names as in manifests/ and the Helm chart (release name "loganalyzer").
 DATA_PVC, MODELS_PVC = "loganalyzer-data", "loganalyzer-models"
@@ -273,14 +276,32 @@ def build(target: str = "local"):
     return cpt_finetune
 
 
-def compile_cluster(path: str) -> None:
-    """Write the cluster pipeline as KFP's Kubernetes manifests (Pipeline + PipelineVersion, v2beta1)."""
+def compile_cluster(path: str) -> str:
+    """Write the cluster pipeline as KFP's Kubernetes manifests (Pipeline + PipelineVersion, v2beta1); return the
+    PipelineVersion's name.
+
+    The name carries a digest of the version's spec: KFP's webhook refuses a changed spec under an existing
+    PipelineVersion name, so a changed pipeline (or another registry) must be a new version to be re-applied.
+    """
+    import hashlib
+    import json
+    from pathlib import Path
+
+    import yaml
     from kfp import compiler
     from kfp.compiler.compiler_utils import KubernetesManifestOptions
 
+    pending = "loganalyzer-cpt-finetune-pending-version"
     compiler.Compiler().compile(
         build("cluster"), path, kubernetes_manifest_format=True,
         kubernetes_manifest_options=KubernetesManifestOptions(
             pipeline_name="loganalyzer-cpt-finetune", pipeline_display_name="loganalyzer: CPT + LoRA SFT",
-            pipeline_version_name=f"loganalyzer-cpt-finetune-{TAG.replace('.', '-')}",
-            include_pipeline_manifest=True))
+            pipeline_version_name=pending, include_pipeline_manifest=True))
+    text = Path(path).read_text()
+    version = next(d for d in yaml.safe_load_all(text) if d["kind"] == "PipelineVersion")
+    content = {k: v for k, v in version["spec"].items() if k != "displayName"}
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:10]
+    name = f"loganalyzer-cpt-finetune-{TAG.replace('.', '-').lower()}-{digest}"
+    assert text.count(pending) == 2, "expected the version name in metadata.name and spec.displayName only"
+    Path(path).write_text(text.replace(pending, name))
+    return name

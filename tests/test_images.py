@@ -80,3 +80,13 @@ def test_dockerignore_keeps_the_context_small():
               if op == "COPY" and "--from" not in rest for src in rest.split()[:-1]}
     allowed = {x[1:].rstrip("/") for x in lines if x.startswith("!")}
     assert all(c in allowed or c.split("/")[0] in allowed for c in copied), (copied, allowed)
+
+
+def test_flash_attn_is_built_for_the_archs_it_reads():
+    """flash-attn 2.8's setup.py takes its archs from FLASH_ATTN_CUDA_ARCHS ("80;90;100;120" by default) and ignores
+    TORCH_CUDA_ARCH_LIST (Dao-AILab/flash-attention setup.py, cuda_archs())."""
+    runs = [rest for op, rest in instructions(ROOT / "images" / "train" / "Dockerfile") if op == "RUN"]
+    install = next(r for r in runs if "FLASH_ATTN_SPEC" in r)
+    assert "FLASH_ATTN_CUDA_ARCHS=${FLASH_ATTN_CUDA_ARCHS}" in install and "TORCH_CUDA_ARCH_LIST" not in install
+    args = dict(re.findall(r"ARG (\w+)=\"?([^\"\n]*)", (ROOT / "images" / "train" / "Dockerfile").read_text()))
+    assert args["FLASH_ATTN_CUDA_ARCHS"] == "80;90"

@@ -18,7 +18,7 @@ from kube_helpers import ROOT, kustomize
 
 from loganalyzer.deploy import DeployConfig, NotReady
 from loganalyzer.deploy import run as deploy
-from loganalyzer.launch import JobFailed, LaunchConfig
+from loganalyzer.launch import JobFailed, LaunchConfig, _RayJobs
 from loganalyzer.launch import run as launch
 
 NS = f"loganalyzer-launch-{os.getpid()}"  # fresh per session: a reused kube-local keeps earlier objects
@@ -237,6 +237,41 @@ def test_rayjob_failed_and_stuck(cluster, ray_client):
     assert isinstance(box.get("error"), JobFailed) and "did not finish within 2s" in str(box["error"])
     with pytest.raises(Exception, match="Not Found"):
         api.get_namespaced_custom_object(*RAYJOB[:2], NS, RAYJOB[2], "t-ray-stuck")
+
+
+@pytest.mark.parametrize("job_status, deployment, failed, expected", [
+    ("RUNNING", "Running", 0, "running"),
+    # KubeRay v1.7 rayjob_controller.go checkBackoffLimitAndUpdateStatusIfNeeded: a failed attempt with retries
+    # left is written as jobStatus=FAILED + Retrying, then the cluster is recreated (New, Initializing, Running)
+    ("FAILED", "Retrying", 1, "running"),
+    ("", "New", 1, "pending"),
+    ("FAILED", "Failed", 3, "failed"),
+    ("SUCCEEDED", "Complete", 1, "succeeded"),
+    ("STOPPED", "Complete", 0, "failed"),
+    # rayjob_types.go: ValidationFailed is not in IsJobDeploymentTerminal, and the controller never leaves it
+    ("", "ValidationFailed", 0, "failed"),
+    ("PENDING", "Initializing", 0, "pending"),
+])
+def test_rayjob_states_follow_kuberay(job_status, deployment, failed, expected):
+    jobs = _RayJobs(_launch_cfg("t", engine="ray"), client=object())
+    state, detail = jobs.state({"status": {"jobStatus": job_status, "jobDeploymentStatus": deployment,
+                                           "failed": failed}})
+    assert state == expected, detail
+    if deployment == "Retrying":
+        assert "retrying" in detail and "failed attempts: 1" in detail
+
+
+def test_rayjob_retrying_is_waited_for(cluster, ray_client):
+    api, _ = cluster
+    t, box = _in_thread(launch, _launch_cfg("t-ray-retry", engine="ray"), ray_client)
+    _wait_for(api, RAYJOB, "t-ray-retry")
+    _patch_status(api, RAYJOB, "t-ray-retry", {"status": {"jobStatus": "FAILED", "jobDeploymentStatus": "Retrying",
+                                                           "failed": 1}})
+    time.sleep(0.5)
+    assert t.is_alive(), box  # KubeRay is retrying on the GPUs: the launcher keeps watching
+    _patch_status(api, RAYJOB, "t-ray-retry", _ray_status("SUCCEEDED", "Complete"))
+    t.join(30)
+    assert "error" not in box, box
 
 
 def _deploy_cfg(name, **kw):

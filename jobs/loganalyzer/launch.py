@@ -77,7 +77,8 @@ class LaunchConfig(StageConfig):
                                           "the recipe with engine=ray, one single-GPU Ray worker per rank")
 
 
-# Environment every trainer pod gets (NCCL: fail fast on a hung collective instead of hanging a node for hours).
+# Environment every trainer pod gets (NCCL: fail fast on a hung collective instead of hanging a node for hours;
+# the CUDA allocator grows segments instead of fragmenting on ZeRO-3's and packing's varying sizes).
 TRAIN_ENV = {
     "HOME": "/tmp",
     "LOGANALYZER_CONFIGS_DIR": kube.CONFIGS_PATH,
@@ -86,6 +87,7 @@ TRAIN_ENV = {
     "NCCL_DEBUG": "WARN",
     "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
     "PYTHONUNBUFFERED": "1",
+    "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",  # less fragmentation from varying buffer sizes
 }
 
 
@@ -248,13 +250,21 @@ class _RayJobs:
         self.client.delete_namespaced_custom_object(*self._api[:2], self.cfg.namespace, self._api[2], self.cfg.name)
 
     def state(self, job: dict) -> tuple[str, str]:
+        """KubeRay v1.7 (``apis/ray/v1/rayjob_types.go``): only ``Complete`` and ``Failed`` deployment statuses are
+        terminal. With retries left a failed attempt reads ``jobStatus=FAILED`` + ``Retrying`` and KubeRay starts a
+        new cluster, so that is still running. ``ValidationFailed`` is never left (the controller has no case for
+        it): it is a failure here, or the launcher would poll until its timeout."""
         st = job.get("status") or {}
         deployment, status = st.get("jobDeploymentStatus", ""), st.get("jobStatus", "")
         detail = f"{st.get('reason') or deployment or 'no status yet'}: {st.get('message') or f'job {status}'}"
-        if status == "SUCCEEDED" and deployment in ("Complete", ""):
+        if st.get("failed"):
+            detail += f" (failed attempts: {st['failed']})"
+        if deployment == "Complete" and status == "SUCCEEDED":
             return "succeeded", detail
-        if status in ("FAILED", "STOPPED") or deployment == "Failed":
+        if deployment in ("Complete", "Failed", "ValidationFailed"):
             return "failed", detail
+        if deployment == "Retrying":
+            return "running", f"retrying after a failed attempt: {detail}"
         return ("running" if status == "RUNNING" else "pending"), detail
 
     def finished(self) -> None:

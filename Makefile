@@ -13,9 +13,11 @@ IMAGE_REGISTRY ?=
 TAG ?= 0.1.0
 IMAGES := jobs train chatbot
 IMAGE_PREFIX := $(if $(IMAGE_REGISTRY),$(IMAGE_REGISTRY)/,)
-# deploy: the kustomize overlay to install and the namespace KFP watches for Pipeline objects.
+# deploy/run: the kustomize overlay to install, and NAMESPACE: where KFP runs the pipeline's pods, so where the suite
+# (PVCs, ConfigMaps, ServiceAccounts, MLflow) and the Pipeline objects must be: KFP's own namespace for a standalone
+# KFP (kubeflow), your profile namespace for multi-user Kubeflow.
 OVERLAY ?= dev
-KFP_NAMESPACE ?= kubeflow
+NAMESPACE ?= kubeflow
 # run: the KFP API endpoint, the experiment, and pipeline parameters (param=value ...).
 KFP_HOST ?=
 EXPERIMENT ?= loganalyzer
@@ -67,20 +69,25 @@ lint: install $(LINT_VENV)/bin/checkov ## ruff; checkov over rendered overlays, 
 images: ## docker build IMAGE_REGISTRY/loganalyzer-{jobs,train,chatbot}:TAG (needs a Docker engine)
 	for i in $(IMAGES); do docker build -f images/$$i/Dockerfile -t $(IMAGE_PREFIX)loganalyzer-$$i:$(TAG) . || exit 1; done
 
-pipeline: install ## compile pipelines/cpt-finetune.yaml (Pipeline + PipelineVersion; kubectl apply -f registers it)
-	LOGANALYZER_IMAGE_REGISTRY=$(IMAGE_REGISTRY) LOGANALYZER_IMAGE_TAG=$(TAG) $(BIN)/loganalyzer pipeline compile
+pipeline: install ## compile pipelines/cpt-finetune.yaml (committed: images under a placeholder registry)
+	$(BIN)/loganalyzer pipeline compile --tag $(TAG)
 
 manifests: ## copy jobs/configs into manifests/base/configs and the chart's files/configs (a test checks them)
 	for d in manifests/base/configs charts/loganalyzer/files/configs; do \
 	  rm -rf $$d && mkdir -p $$d/deepspeed && cp jobs/configs/*.yaml $$d/ && cp jobs/configs/deepspeed/*.json $$d/deepspeed/; done
 
-deploy: ## kubectl apply -k manifests/overlays/OVERLAY (dev) + register the pipeline in KFP_NAMESPACE
-	kubectl apply -k manifests/overlays/$(OVERLAY)
-	kubectl apply -n $(KFP_NAMESPACE) -f pipelines/cpt-finetune.yaml
+deploy: install ## install OVERLAY into NAMESPACE and register the pipeline there: make deploy IMAGE_REGISTRY=r NAMESPACE=ns
+	@test -n "$(IMAGE_REGISTRY)" || { echo "set IMAGE_REGISTRY to where 'make images' pushed the images"; exit 2; }
+	$(BIN)/loganalyzer pipeline bundle --overlay $(OVERLAY) --namespace $(NAMESPACE) \
+	  --image-registry $(IMAGE_REGISTRY) --tag $(TAG) --out .build/deploy
+	kubectl apply -k .build/deploy
+	kubectl apply -n $(NAMESPACE) -f .build/deploy/cpt-finetune.yaml
 
-run: install ## start a pipeline run: make run KFP_HOST=https://.../pipeline [EXPERIMENT=..] [ARGS="param=value ..."]
+run: install ## start a run: make run KFP_HOST=https://.../pipeline IMAGE_REGISTRY=r NAMESPACE=ns [ARGS="param=value ..."]
 	@test -n "$(KFP_HOST)" || { echo "set KFP_HOST to your KFP API endpoint"; exit 2; }
-	$(BIN)/loganalyzer pipeline run --host $(KFP_HOST) --experiment $(EXPERIMENT) $(ARGS)
+	@test -n "$(IMAGE_REGISTRY)" || { echo "set IMAGE_REGISTRY to where 'make images' pushed the images"; exit 2; }
+	$(BIN)/loganalyzer pipeline run --host $(KFP_HOST) --namespace $(NAMESPACE) --image-registry $(IMAGE_REGISTRY) \
+	  --tag $(TAG) --experiment $(EXPERIMENT) $(ARGS)
 
 chromium: ## install Debian's chromium for the real-browser chatbot test (apt; Playwright never downloads one)
 	command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }

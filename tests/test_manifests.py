@@ -302,8 +302,26 @@ def installed(kube, renderings):
         for s in d.get("subjects", []):
             s["namespace"] = RBAC_NAMESPACE
     kube.ensure_namespace(RBAC_NAMESPACE)
+    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(ARGO_CRD_STUBS))
+    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                 *[f"crd/{c['metadata']['name']}" for c in ARGO_CRD_STUBS])
     kube.kubectl("apply", "--validate=false", "-n", RBAC_NAMESPACE, "-f", "-", input=yaml.safe_dump_all(docs))
     return kube
+
+
+def _crd_stub(kind: str, plural: str) -> dict:
+    """A schemaless CRD with Argo's names (argoproj.io/v1alpha1), so that `kubectl auth can-i` resolves it: the
+    real Argo CRDs are not in ../shared/k8s and only their names matter to RBAC."""
+    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{plural}.argoproj.io"},
+            "spec": {"group": "argoproj.io", "scope": "Namespaced",
+                     "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+                     "versions": [{"name": "v1alpha1", "served": True, "storage": True,
+                                   "schema": {"openAPIV3Schema": {"type": "object",
+                                                                  "x-kubernetes-preserve-unknown-fields": True}}}]}}
+
+
+ARGO_CRD_STUBS = [_crd_stub("WorkflowTaskResult", "workflowtaskresults"), _crd_stub("Workflow", "workflows")]
 
 
 @pytest.mark.parametrize("verb, resource, namespace, allowed", [
@@ -313,7 +331,17 @@ def installed(kube, renderings):
     ("create", "rayjobs.ray.io", RBAC_NAMESPACE, True),
     ("get", "pods/log", RBAC_NAMESPACE, True),
     ("get", "configmaps/loganalyzer-recipes", RBAC_NAMESPACE, True),
-    # never: Secrets, other ConfigMaps, pods/exec, other namespaces, cluster-wide objects, RBAC itself
+    # a KFP v2 task running as this ServiceAccount: Argo's task results, the launcher's ConfigMap and the artifact
+    # store's credentials (kubeflow/pipelines manifests/kustomize/base/pipeline/pipeline-runner-role.yaml grants
+    # these and far more to pipeline-runner), by name
+    ("create", "workflowtaskresults.argoproj.io", RBAC_NAMESPACE, True),
+    ("patch", "workflowtaskresults.argoproj.io", RBAC_NAMESPACE, True),
+    ("get", "configmaps/kfp-launcher", RBAC_NAMESPACE, True),
+    ("get", "secrets/mlpipeline-minio-artifact", RBAC_NAMESPACE, True),
+    ("delete", "workflowtaskresults.argoproj.io", RBAC_NAMESPACE, False),
+    ("get", "workflows.argoproj.io", RBAC_NAMESPACE, False),
+    # never: other Secrets, other ConfigMaps, pods/exec, other namespaces, cluster-wide objects, RBAC itself
+    ("get", "secrets/loganalyzer-teacher", RBAC_NAMESPACE, False),
     ("get", "secrets", RBAC_NAMESPACE, False),
     ("list", "secrets", RBAC_NAMESPACE, False),
     ("get", "configmaps/kube-root-ca.crt", RBAC_NAMESPACE, False),

@@ -4,6 +4,8 @@ schemas, server-side dry-run), and ``loganalyzer pipeline run`` against a loopba
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 import threading
@@ -11,9 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
-from kube_helpers import load_all, validate
+from kube_helpers import kustomize, load_all, validate
 
-from loganalyzer.pipeline import COMPILED, load_definition
+from loganalyzer.pipeline import COMPILED, bundle, compile_pipeline, load_definition
 
 
 @pytest.fixture
@@ -73,7 +75,8 @@ def test_cluster_dag(definition, tmp_path):
     # serves the cpt_sft model (or its adapter on the CPT model), after evaluation
     assert deps["deploy"] == {"evaluate", "launch-training", "launch-training-2"}
     executors = spec["deploymentSpec"]["executors"]
-    assert executors["exec-evaluate"]["container"]["image"].startswith("loganalyzer-train:")
+    assert executors["exec-evaluate"]["container"]["image"] == \
+        "registry.example.com/loganalyzer/loganalyzer-train:0.1.0"
     assert executors["exec-evaluate"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
     assert all("pip install" not in " ".join(e["container"]["command"]) for e in executors.values())
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
@@ -96,6 +99,45 @@ def test_committed_yaml_is_a_fresh_compile(definition, tmp_path):
     fresh = tmp_path / "fresh.yaml"
     definition.compile_cluster(str(fresh))
     assert fresh.read_text() == COMPILED.read_text(), "pipelines/cpt-finetune.yaml is stale: run `make pipeline`"
+
+
+def test_version_name_follows_the_spec(tmp_path):
+    """KFP's PipelineVersion webhook refuses a changed spec under an existing name ("Pipeline spec is immutable";
+    kubeflow/pipelines backend/src/apiserver/webhook/pipelineversion_webhook.go ValidateUpdate): a changed pipeline
+    must get a new version name, and an unchanged one keep its name so re-applying it is a no-op."""
+    names = {}
+    for label, registry in (("a", "registry.test/one"), ("b", "registry.test/one"), ("c", "registry.test/two")):
+        out = tmp_path / f"{label}.yaml"
+        compile_pipeline(out, registry=registry)
+        version = load_all(out.read_text())[1]
+        names[label] = version["metadata"]["name"]
+        assert version["spec"]["displayName"] == names[label]
+        assert f"image: {registry}/loganalyzer-jobs:0.1.0" in out.read_text()
+    assert names["a"] == names["b"] != names["c"]
+    assert re.fullmatch(r"loganalyzer-cpt-finetune-0-1-0-[0-9a-f]{10}", names["a"]) and len(names["a"]) <= 63
+    committed = load_all(COMPILED.read_text())[1]
+    assert committed["metadata"]["name"] not in names.values()  # the placeholder registry: another version
+    assert "image: registry.example.com/loganalyzer/loganalyzer-jobs:0.1.0" in COMPILED.read_text()
+
+
+@pytest.mark.parametrize("overlay", ["dev", "production"])
+def test_bundle_installs_the_overlay_where_kfp_runs(tmp_path, overlay):
+    """make deploy: the overlay moved into KFP's namespace with the registry's images; the namespace (KFP's or a
+    profile's) is not ours, so no Namespace object and no Pod Security labels on it."""
+    out = bundle(tmp_path / "b", overlay, "kubeflow", "registry.test/ml")
+    docs = kustomize(out)
+    assert "Namespace" not in {d["kind"] for d in docs}
+    assert {d["metadata"].get("namespace") for d in docs} == {"kubeflow"}
+    for d in docs:
+        for s in d.get("subjects", []):
+            assert s["namespace"] == "kubeflow"
+    images = set(re.findall(r"image: (\S+)", yaml.safe_dump_all(docs)))
+    assert images and all(i.startswith("registry.test/ml/loganalyzer-") for i in images), images
+    pipeline = (out / "cpt-finetune.yaml").read_text()
+    assert set(re.findall(r"^ +image: (\S+)$", pipeline, re.M)) == {"registry.test/ml/loganalyzer-jobs:0.1.0",
+                                                           "registry.test/ml/loganalyzer-train:0.1.0"}
+    with pytest.raises(SystemExit):
+        bundle(tmp_path / "c", overlay, "kubeflow", "")
 
 
 def test_committed_yaml_is_a_pipeline_and_version():
@@ -126,9 +168,11 @@ class _FakeKFP(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    multi_user = False
+
     def do_GET(self):
         self.calls.append(("GET", self.path, None, self.headers.get("Authorization")))
-        self._reply({})
+        self._reply({"multi_user": self.multi_user} if self.path.endswith("/healthz") else {})
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
@@ -144,43 +188,81 @@ class _FakeKFP(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_kfp():
-    _FakeKFP.calls = []
+    _FakeKFP.calls, _FakeKFP.multi_user = [], False
     server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeKFP)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}", _FakeKFP.calls
     server.shutdown()
 
 
+REGISTRY = "registry.test/ml"
+
+
+def _run_cli(host, *args, env=None):
+    return subprocess.run([sys.executable, "-m", "loganalyzer.pipeline", "run", "--host", host, *args],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
 def test_pipeline_run_starts_a_run(fake_kfp):
     host, calls = fake_kfp
-    result = subprocess.run(
-        [sys.executable, "-m", "loganalyzer.pipeline", "run", "--host", host, "--experiment", "nightly",
-         "--token", "tkn", "cpt_nodes=2", "cpt_nproc_per_node=4", "logs=[/data/logs/hdfs]",
-         'cpt_overrides={"learning_rate": 2e-5}'],
-        capture_output=True, text=True, timeout=300)
+    result = _run_cli(host, "--experiment", "nightly", "--token", "tkn", "--namespace", "kubeflow",
+                      "--image-registry", REGISTRY, "cpt_nodes=2", "cpt_nproc_per_node=4", "logs=[/data/logs/hdfs]",
+                      'cpt_overrides={"learning_rate": 2e-5}')
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "run-42"
     posts = {path: body for method, path, body, _ in calls if method == "POST"}
     assert posts["/apis/v2beta1/experiments"]["display_name"] == "nightly"
     run = posts["/apis/v2beta1/runs"]
     assert run["experiment_id"] == "exp-1"
+    # standalone KFP: the run executes in KFP's namespace, as our ServiceAccount (template.go setDefaultServiceAccount
+    # uses the request's service_account instead of pipeline-runner)
+    assert run["service_account"] == "loganalyzer-pipeline"
     params = run["runtime_config"]["parameters"]
     assert params["cpt_nodes"] == 2 and params["cpt_nproc_per_node"] == 4 and params["logs"] == ["/data/logs/hdfs"]
-    assert params["cpt_overrides"] == {"learning_rate": 2e-5}
+    assert params["cpt_overrides"] == {"learning_rate": 2e-5} and params["namespace"] == "kubeflow"
     spec = run["pipeline_spec"].get("pipeline_spec", run["pipeline_spec"])  # IR, with its platform spec
     assert "launch-training" in spec["root"]["dag"]["tasks"]
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {f"{REGISTRY}/loganalyzer-jobs:0.1.0", f"{REGISTRY}/loganalyzer-train:0.1.0"}
     assert all(auth == "Bearer tkn" for *_, auth in calls)
+
+
+def test_pipeline_run_multi_user_uses_the_profile_namespace(fake_kfp):
+    host, calls = fake_kfp
+    _FakeKFP.multi_user = True
+    result = _run_cli(host, "--namespace", "team-a", "--image-registry", REGISTRY, "--service-account", "runner")
+    assert result.returncode == 0, result.stderr
+    posts = {path: body for method, path, body, _ in calls if method == "POST"}
+    # multi-user KFP runs in the experiment's namespace (run_server.go GetValidExperimentNamespacePair)
+    assert posts["/apis/v2beta1/experiments"]["namespace"] == "team-a"
+    run = posts["/apis/v2beta1/runs"]
+    assert run["service_account"] == "runner" and run["runtime_config"]["parameters"]["namespace"] == "team-a"
+
+
+def test_pipeline_run_refuses_a_namespace_standalone_kfp_ignores(fake_kfp):
+    host, calls = fake_kfp
+    result = _run_cli(host, "--namespace", "loganalyzer", "--image-registry", REGISTRY)
+    assert result.returncode == 2 and "standalone KFP runs every pipeline in its own namespace ('kubeflow'" in \
+        result.stderr
+    assert not [c for c in calls if c[0] == "POST"]
+
+
+def test_pipeline_run_needs_a_registry(fake_kfp, monkeypatch):
+    host, calls = fake_kfp
+    env = {k: v for k, v in os.environ.items() if k != "LOGANALYZER_IMAGE_REGISTRY"}
+    for registry in ([], ["--image-registry", "registry.example.com/loganalyzer"]):
+        result = _run_cli(host, "--namespace", "kubeflow", *registry, env=env)
+        assert result.returncode == 2 and "no image registry" in result.stderr, result.stderr
+    assert calls == []
 
 
 def test_pipeline_run_rejects_unknown_parameters(fake_kfp):
     host, calls = fake_kfp
-    result = subprocess.run([sys.executable, "-m", "loganalyzer.pipeline", "run", "--host", host, "cpt_node=2"],
-                            capture_output=True, text=True, timeout=300)
+    result = _run_cli(host, "--namespace", "kubeflow", "--image-registry", REGISTRY, "cpt_node=2")
     assert result.returncode == 2 and "unknown pipeline parameter 'cpt_node'" in result.stderr
     assert calls == []
 
 
 def test_pipeline_run_unreachable_host():
-    result = subprocess.run([sys.executable, "-m", "loganalyzer.pipeline", "run", "--host", "http://127.0.0.1:9"],
-                            capture_output=True, text=True, timeout=300)
+    result = _run_cli("http://127.0.0.1:9", "--namespace", "kubeflow", "--image-registry", REGISTRY)
     assert result.returncode == 1 and "could not start the run on http://127.0.0.1:9" in result.stderr

@@ -1,20 +1,30 @@
 """``loganalyzer pipeline``: compile the Kubeflow pipeline, or start a run of it on a KFP endpoint.
 
-    loganalyzer pipeline compile [--out pipelines/cpt-finetune.yaml]
-    loganalyzer pipeline run --host https://kubeflow.example.com/pipeline --experiment loganalyzer \\
-        base_model_name=/models/base cpt_nodes=2 cpt_nproc_per_node=4
+    loganalyzer pipeline compile [--out pipelines/cpt-finetune.yaml] [--image-registry R] [--tag T]
+    loganalyzer pipeline run --host https://kubeflow.example.com/pipeline --namespace NS \\
+        --image-registry registry.example.com/loganalyzer base_model_name=/models/base cpt_nodes=2
 
 ``compile`` writes the cluster target of ``pipelines/cpt_finetune.py`` in KFP's Kubernetes manifest format
 (``Pipeline`` + ``PipelineVersion``, ``pipelines.kubeflow.org/v2beta1``), which ``kubectl apply -f`` registers
-with a KFP installation in Kubernetes-native API mode. ``run`` compiles the same target and starts a run through
-``kfp.Client`` (``create_run_from_pipeline_func``); ``param=value`` values are parsed as JSON, else YAML
-(numbers, lists, dicts), and checked against the pipeline's parameters. Authentication: ``--token`` or env
-``KF_PIPELINES_TOKEN`` (a bearer token), else kfp.Client's own (in-cluster ServiceAccount or kube context).
+with a KFP installation in Kubernetes-native API mode; the version's name carries a digest of its spec. Without
+``--image-registry`` the images name a placeholder registry (the committed file). ``run`` compiles the same target
+with the registry and starts a run through ``kfp.Client`` (``create_run_from_pipeline_func``); ``param=value``
+values are parsed as JSON, else YAML (numbers, lists, dicts), and checked against the pipeline's parameters.
+
+Where the run executes (kubeflow/pipelines 2.17, ``backend/src/apiserver/resource/resource_manager.go``): in
+multi-user KFP, in the experiment's (profile) namespace; in standalone KFP, always in KFP's own namespace
+(``POD_NAMESPACE``, usually ``kubeflow``), whatever the request says. The suite (PVCs, ConfigMaps, Secrets, the
+``loganalyzer-pipeline`` ServiceAccount, MLflow) must be installed in that namespace, so ``run`` needs
+``--namespace`` and, on a standalone KFP (asked through its healthz API), refuses a namespace other than
+``--kfp-namespace``. The run's pods use ``--service-account`` (default ``loganalyzer-pipeline``), not KFP's
+default ``pipeline-runner`` / ``default-editor``. Authentication: ``--token`` or env ``KF_PIPELINES_TOKEN`` (a
+bearer token), else kfp.Client's own (in-cluster ServiceAccount or kube context).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import inspect
 import json
@@ -35,19 +45,37 @@ DEFINITION = REPO / "pipelines" / "cpt_finetune.py"
 COMPILED = REPO / "pipelines" / "cpt-finetune.yaml"
 
 
-def load_definition() -> ModuleType:
-    """Import ``pipelines/cpt_finetune.py`` (it lives beside the package in a clone, not inside it)."""
+def load_definition(registry: str | None = None, tag: str | None = None) -> ModuleType:
+    """Import ``pipelines/cpt_finetune.py`` (it lives beside the package in a clone, not inside it), its images
+    named with ``registry`` and ``tag`` when given (else env ``LOGANALYZER_IMAGE_REGISTRY`` / ``_TAG``)."""
     if not DEFINITION.is_file():
         raise ConfigError(f"{DEFINITION} not found: run this from a clone of the repository")
-    spec = importlib.util.spec_from_file_location("cpt_finetune", DEFINITION)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    env = {k: v for k, v in (("LOGANALYZER_IMAGE_REGISTRY", registry), ("LOGANALYZER_IMAGE_TAG", tag)) if v}
+    with _environ(env):  # the definition reads them when its components are declared, at import
+        spec = importlib.util.spec_from_file_location("cpt_finetune", DEFINITION)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     return module
 
 
-def compile_pipeline(out: Path = COMPILED) -> Path:
-    load_definition().compile_cluster(str(out))
-    log.info("wrote %s (kubectl apply -f %s registers it)", out, out)
+@contextlib.contextmanager
+def _environ(values: dict[str, str]):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def compile_pipeline(out: Path = COMPILED, registry: str | None = None, tag: str | None = None) -> Path:
+    version = load_definition(registry, tag).compile_cluster(str(out))
+    log.info("wrote %s, PipelineVersion %s (kubectl apply -n <KFP's namespace> -f %s registers it)", out, version,
+             out)
     return out
 
 
@@ -73,17 +101,82 @@ def _value(raw: str):
         return yaml.safe_load(raw) if raw else ""
 
 
-def run(host: str, experiment: str, arguments: list[str], run_name: str | None = None,
-        namespace: str | None = None, service_account: str | None = None, token: str | None = None) -> str:
-    """Start a run of the cluster pipeline on ``host``; return the run id."""
+IMAGES = ("jobs", "train", "chatbot")
+
+
+def bundle(out: Path, overlay: str, namespace: str, registry: str, tag: str | None = None) -> Path:
+    """Write an install bundle to ``out`` for ``make deploy``: ``kustomization.yaml`` (the overlay, moved into
+    ``namespace`` with the images from ``registry``) and ``cpt-finetune.yaml`` (the pipeline compiled with them).
+
+    The namespace is KFP's (standalone) or a profile's (multi-user): it exists and is not the suite's to own, so
+    the overlay's Namespace object (and its Pod Security labels) is left out. Raises ConfigError for an unknown
+    overlay or a missing registry.
+    """
+    src = REPO / "manifests" / "overlays" / overlay
+    if not (src / "kustomization.yaml").is_file():
+        raise ConfigError(f"no overlay {overlay!r} in {src.parent}: "
+                          f"{sorted(p.name for p in src.parent.iterdir())}")
+    if not registry:
+        raise ConfigError("no image registry: pass --image-registry (where `make images` pushed the images)")
+    tag = tag or os.environ.get("LOGANALYZER_IMAGE_TAG", "0.1.0")
+    out.mkdir(parents=True, exist_ok=True)
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": namespace,
+        "resources": [os.path.relpath(src, out)],
+        "images": [{"name": name, "newName": f"{registry.rstrip('/')}/loganalyzer-{i}", "newTag": tag}
+                   for i in IMAGES for name in _image_names(src, i)],
+        "patches": [{"target": {"kind": "Namespace"},
+                     "patch": "$patch: delete\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: any\n"}],
+    }
+    (out / "kustomization.yaml").write_text("# written by `loganalyzer pipeline bundle` (make deploy)\n"
+                                            + yaml.safe_dump(kustomization, sort_keys=False))
+    compile_pipeline(out / "cpt-finetune.yaml", registry, tag)
+    return out
+
+
+def _image_names(overlay: Path, image: str) -> list[str]:
+    """The names ``loganalyzer-<image>`` has after ``overlay``: its own, and the ``newName`` the overlay gives it
+    (an images transformer matches names, so the bundle must name what the overlay produced)."""
+    names = [f"loganalyzer-{image}"]
+    for entry in yaml.safe_load((overlay / "kustomization.yaml").read_text()).get("images") or []:
+        if entry.get("name") == names[0] and entry.get("newName", names[0]) != names[0]:
+            names.append(entry["newName"])
+    return names
+
+
+DEFAULT_SERVICE_ACCOUNT = "loganalyzer-pipeline"
+
+
+def run(host: str, experiment: str, arguments: list[str], namespace: str, registry: str,
+        run_name: str | None = None, service_account: str = DEFAULT_SERVICE_ACCOUNT, kfp_namespace: str = "kubeflow",
+        token: str | None = None, tag: str | None = None) -> str:
+    """Start a run of the cluster pipeline on ``host`` in ``namespace``; return the run id.
+
+    Raises ConfigError for a missing or placeholder registry, unknown parameters, or a standalone KFP asked to run
+    outside its own namespace (``kfp_namespace``).
+    """
     import kfp
 
-    pipeline_func = load_definition().build("cluster")
-    args = parse_arguments(arguments, pipeline_func)
+    definition = load_definition(registry, tag)
+    if not registry or registry.rstrip("/") == definition.PLACEHOLDER_REGISTRY:
+        raise ConfigError("no image registry: pass --image-registry (or env LOGANALYZER_IMAGE_REGISTRY), where "
+                          "`make images IMAGE_REGISTRY=...` pushed loganalyzer-jobs and loganalyzer-train; without "
+                          "one the nodes would pull them from Docker Hub")
+    pipeline_func = definition.build("cluster")
+    args = {"namespace": namespace, **parse_arguments(arguments, pipeline_func)}
     client = kfp.Client(host=host, existing_token=token or os.environ.get("KF_PIPELINES_TOKEN"),
-                        namespace=namespace or "kubeflow")
+                        namespace=namespace)
+    multi_user = bool(getattr(client.get_kfp_healthz(sleep_duration=1), "multi_user", False))
+    if not multi_user and namespace != kfp_namespace:
+        raise ConfigError(
+            f"standalone KFP runs every pipeline in its own namespace ({kfp_namespace!r}; resource_manager.go), not "
+            f"in {namespace!r}: install the suite there (make deploy KFP_NAMESPACE={kfp_namespace}) and pass "
+            f"--namespace {kfp_namespace}, or set --kfp-namespace to where KFP runs")
+    log.info("%s KFP: the run executes in namespace %s as ServiceAccount %s",
+             "multi-user" if multi_user else "standalone", namespace, service_account)
     result = client.create_run_from_pipeline_func(pipeline_func, arguments=args, run_name=run_name,
-                                                  experiment_name=experiment, namespace=namespace,
+                                                  experiment_name=experiment,
+                                                  namespace=namespace if multi_user else None,
                                                   service_account=service_account)
     log.info("started run %s in experiment %r: %s/#/runs/details/%s", result.run_id, experiment,
              host.rstrip("/"), result.run_id)
@@ -98,21 +191,42 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compile", help="write pipelines/cpt-finetune.yaml (Pipeline + PipelineVersion)")
     c.add_argument("--out", type=Path, default=COMPILED, help=f"output file (default {COMPILED})")
-    r = sub.add_parser("run", help="start a run on a KFP endpoint through kfp.Client")
+    for p in (c, sub.add_parser("run", help="start a run on a KFP endpoint through kfp.Client")):
+        p.add_argument("--image-registry", default=os.environ.get("LOGANALYZER_IMAGE_REGISTRY"),
+                       help="registry of the loganalyzer images (env LOGANALYZER_IMAGE_REGISTRY; compile: "
+                            "default a placeholder)")
+        p.add_argument("--tag", default=os.environ.get("LOGANALYZER_IMAGE_TAG"), help="image tag (default 0.1.0)")
+    b = sub.add_parser("bundle", help="write an install bundle (kustomization + compiled pipeline) for make deploy")
+    b.add_argument("--overlay", default="dev", help="manifests/overlays/<name> (default dev)")
+    b.add_argument("--namespace", required=True, help="where KFP runs the pipeline (KFP's or a profile's)")
+    b.add_argument("--image-registry", default=os.environ.get("LOGANALYZER_IMAGE_REGISTRY"),
+                   help="registry of the loganalyzer images")
+    b.add_argument("--tag", default=os.environ.get("LOGANALYZER_IMAGE_TAG"), help="image tag (default 0.1.0)")
+    b.add_argument("--out", type=Path, default=Path(".build/deploy"), help="bundle directory (default .build/deploy)")
+    r = sub.choices["run"]
     r.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
+    r.add_argument("--namespace", required=True,
+                   help="namespace the suite is installed in and the run executes in: the profile namespace "
+                        "(multi-user KFP) or KFP's own (standalone)")
+    r.add_argument("--service-account", default=DEFAULT_SERVICE_ACCOUNT,
+                   help=f"ServiceAccount of the run's pods (default {DEFAULT_SERVICE_ACCOUNT})")
+    r.add_argument("--kfp-namespace", default="kubeflow",
+                   help="standalone KFP: the namespace it runs in (default kubeflow)")
     r.add_argument("--experiment", default="loganalyzer", help="experiment name (created when missing)")
     r.add_argument("--run-name", help="run name (default: kfp's)")
-    r.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
-    r.add_argument("--service-account", help="ServiceAccount the run's pods use (e.g. loganalyzer-pipeline)")
     r.add_argument("--token", help="bearer token (default: env KF_PIPELINES_TOKEN)")
     r.add_argument("arguments", nargs="*", metavar="param=value", help="pipeline parameters")
     args = parser.parse_args(argv)
     if args.command == "compile":
-        compile_pipeline(args.out)
+        compile_pipeline(args.out, args.image_registry, args.tag)
+        return
+    if args.command == "bundle":
+        print(bundle(args.out, args.overlay, args.namespace, args.image_registry, args.tag))
         return
     try:
-        print(run(args.host, args.experiment, args.arguments, args.run_name, args.namespace, args.service_account,
-                  args.token))
+        print(run(args.host, args.experiment, args.arguments, args.namespace, args.image_registry,
+                  run_name=args.run_name, service_account=args.service_account, kfp_namespace=args.kfp_namespace,
+                  token=args.token, tag=args.tag))
     except Exception as exc:  # the KFP API's errors (unreachable host, 4xx/5xx) end the command, not a traceback
         print(f"error: could not start the run on {args.host}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -133,29 +133,63 @@ def pod_specs(doc: dict) -> list[dict]:
         cluster = spec["rayClusterSpec"]
         return [cluster["headGroupSpec"]["template"]["spec"]] + [
             g["template"]["spec"] for g in cluster.get("workerGroupSpecs", [])]
+    if doc["kind"] == "InferenceService":  # the predictor is a pod spec whose `model` is its main container
+        predictor = spec["predictor"]
+        return [{**predictor, "containers": [predictor["model"], *predictor.get("containers", [])]}]
     return []
 
 
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}
+
+
+def restricted_violations(pod: dict) -> list[str]:
+    """What Pod Security admission's "restricted" profile (Kubernetes Pod Security Standards, v1.30:
+    kubernetes.io/docs/concepts/security/pod-security-standards) forbids in ``pod``, a pod spec: host namespaces
+    and ports, privileged containers, volume types outside the restricted list, privilege escalation not
+    explicitly false, capabilities not dropping ALL or adding any but NET_BIND_SERVICE, runAsNonRoot not true
+    (on the pod or on every container), UID 0, seccomp other than RuntimeDefault/Localhost (pod or every
+    container). Init and ephemeral containers count like the others."""
+    out = [f"host namespace {k}" for k in ("hostNetwork", "hostPID", "hostIPC") if pod.get(k)]
+    out += [f"volume {v['name']}: type {t}" for v in pod.get("volumes", []) for t in v
+            if t != "name" and t not in RESTRICTED_VOLUMES]
+    psc = pod.get("securityContext") or {}
+    for c in pod.get("initContainers", []) + pod.get("containers", []) + pod.get("ephemeralContainers", []):
+        sc, name = c.get("securityContext") or {}, c["name"]
+        if sc.get("privileged"):
+            out.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{name}: allowPrivilegeEscalation != false")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            out.append(f"{name}: capabilities do not drop ALL")
+        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+            out.append(f"{name}: capabilities add {caps['add']}")
+        if sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is not True:
+            out.append(f"{name}: runAsNonRoot != true")
+        if 0 in (sc.get("runAsUser"), psc.get("runAsUser")):
+            out.append(f"{name}: runAsUser 0")
+        seccomp = (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{name}: seccompProfile {seccomp or 'unset'}")
+        if any(port.get("hostPort") for port in c.get("ports", [])):
+            out.append(f"{name}: hostPort")
+    return out
+
+
 def security_problems(doc: dict) -> list[str]:
-    """Deviations from the hardened defaults every loganalyzer pod must have."""
+    """Deviations from the hardened defaults every loganalyzer pod must have: Pod Security "restricted", a
+    read-only root filesystem, UID 1000, no inline secrets, GPU requests matching limits."""
     problems = []
     for pod in pod_specs(doc):
-        psc = pod.get("securityContext") or {}
         where = f"{doc['kind']}/{doc['metadata']['name']}"
-        if psc.get("runAsNonRoot") is not True:
-            problems.append(f"{where}: pod runAsNonRoot is not true")
-        if (psc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
-            problems.append(f"{where}: pod seccompProfile is not RuntimeDefault")
+        problems += [f"{where}: restricted: {v}" for v in restricted_violations(pod)]
         for c in pod.get("containers", []) + pod.get("initContainers", []):
             sc = c.get("securityContext") or {}
-            if sc.get("allowPrivilegeEscalation") is not False:
-                problems.append(f"{where}/{c['name']}: allowPrivilegeEscalation is not false")
-            if (sc.get("capabilities") or {}).get("drop") != ["ALL"]:
-                problems.append(f"{where}/{c['name']}: capabilities do not drop ALL")
             if sc.get("readOnlyRootFilesystem") is not True:
                 problems.append(f"{where}/{c['name']}: root filesystem is writable")
-            if sc.get("privileged"):
-                problems.append(f"{where}/{c['name']}: privileged")
+            if (sc.get("runAsUser") or (pod.get("securityContext") or {}).get("runAsUser")) != 1000:
+                problems.append(f"{where}/{c['name']}: not running as UID 1000")
             for e in c.get("env", []):
                 if "value" in e and any(s in e["name"].upper() for s in ("KEY", "TOKEN", "PASSWORD", "SECRET")):
                     problems.append(f"{where}/{c['name']}: {e['name']} has an inline value (use a Secret)")

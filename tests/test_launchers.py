@@ -279,11 +279,17 @@ def _deploy_cfg(name, **kw):
                            "poll_s": 0.2, **kw})
 
 
-def _ready(status: str, generation: int, reason: str = "", message: str = "", url="http://chat.example.com"):
+# What KServe's Standard mode reports (kube_ingress_reconciler.go): url from the ingress domain template, address
+# the predictor's cluster-local Service, which is what the chatbot and the pipeline reach.
+EXTERNAL, LOCAL = "http://t-chat-loganalyzer.example.com", "http://t-chat-predictor.loganalyzer.svc.cluster.local"
+
+
+def _ready(status: str, generation: int, reason: str = "", message: str = ""):
     cond = {"type": "Ready", "status": status, "lastTransitionTime": "2026-11-21T00:00:00Z"}
     if reason:
         cond.update(reason=reason, message=message)
-    return {"status": {"conditions": [cond], "url": url, "observedGeneration": generation}}
+    return {"status": {"conditions": [cond], "url": EXTERNAL, "address": {"url": LOCAL},
+                       "observedGeneration": generation}}
 
 
 @pytest.fixture
@@ -299,10 +305,11 @@ def test_inferenceservice_create_then_update(cluster, kserve_client):
     isvc = _wait_for(api, ISVC, "t-chat")
     model = isvc["spec"]["predictor"]["model"]
     assert model["modelFormat"] == {"name": "huggingface"} and model["storageUri"].startswith("pvc://")
-    assert model["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert model["resources"]["limits"] == {"nvidia.com/gpu": "1", "cpu": "8", "memory": "64Gi"}
+    assert isvc["metadata"]["annotations"] == {"serving.kserve.io/deploymentMode": "Standard"}
     _patch_status(api, ISVC, "t-chat", _ready("True", isvc["metadata"]["generation"]))
     t.join(30)
-    assert box.get("result") == "http://chat.example.com/openai/v1", box
+    assert box.get("result") == f"{LOCAL}/openai/v1", box
 
     # update in place: the old generation's Ready must not count
     t, box = _in_thread(deploy, _deploy_cfg("t-chat", storage_uri="pvc://loganalyzer-models/t2/cpt_sft"),
@@ -315,7 +322,7 @@ def test_inferenceservice_create_then_update(cluster, kserve_client):
     assert t.is_alive(), box
     _patch_status(api, ISVC, "t-chat", _ready("True", isvc["metadata"]["generation"]))
     t.join(30)
-    assert box.get("result") == "http://chat.example.com/openai/v1", box
+    assert box.get("result") == f"{LOCAL}/openai/v1", box
 
 
 def test_inferenceservice_lora_mode():

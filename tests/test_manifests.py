@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import yaml
-from kube_helpers import ROOT, helm, helm_template, kustomize, security_problems, validate
+from kube_helpers import ROOT, helm, helm_template, kustomize, pod_specs, security_problems, validate
 
 from loganalyzer.launch import TRAIN_ENV, LaunchConfig, pytorchjob
 
@@ -65,6 +65,7 @@ def test_validation_catches_errors(renderings):
     deploy = by_kind(docs, "Deployment")["loganalyzer-mlflow"]
     deploy["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
     deploy["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] = False
+    del deploy["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsNonRoot"]
     errors = validate(docs)
     assert any("replicas" in e and "integer" in e for e in errors), errors
     assert any("backofLimit" in e for e in errors), errors
@@ -133,8 +134,10 @@ def test_serving_component_matches_the_deploy_step(renderings):
     assert isvc["spec"] == built["spec"]
     chatbot = by_kind(docs, "Deployment")["loganalyzer-chatbot"]["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in chatbot["env"]}
-    assert env["LOGANALYZER_ENDPOINT"] == \
-        f"http://{isvc['metadata']['name']}-predictor.{isvc['metadata']['namespace']}.svc.cluster.local/openai/v1"
+    # Standard mode: the Service <name>-predictor on port 80 (kserve service_reconciler.go), in the chatbot's own
+    # namespace, whichever the overlay sets
+    assert isvc["metadata"]["annotations"] == {"serving.kserve.io/deploymentMode": "Standard"}
+    assert env["LOGANALYZER_ENDPOINT"] == f"http://{isvc['metadata']['name']}-predictor/openai/v1"
     assert f"--model_name={env['LOGANALYZER_MODEL']}" in isvc["spec"]["predictor"]["model"]["args"]
     assert chatbot["image"].startswith("registry.example.com/loganalyzer/loganalyzer-chatbot:")
     # the NetworkPolicy leaves the serving pods reachable from the ingress gateway / activator
@@ -159,6 +162,81 @@ def test_chart_serving_matches_the_deploy_step_in_lora_mode(renderings):
     chatbot = by_kind(docs, "Deployment")["loganalyzer-chatbot"]["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "LOGANALYZER_ENDPOINT", "value": "http://loganalyzer-chat-predictor.loganalyzer.svc.cluster."
             "local/openai/v1"} in chatbot["env"]
+
+
+def _knative_rejects(pod: dict) -> list[str]:
+    """Fields Knative Serving's webhook refuses with "must not set the field(s)", feature flags at their defaults
+    (knative/serving v0.48 pkg/apis/serving/fieldmask.go: PodSecurityContextMask allows nothing unless
+    kubernetes.podspec-securitycontext is enabled; SecurityContextMask allows capabilities (drop; add is off),
+    readOnlyRootFilesystem, runAsUser, runAsGroup, runAsNonRoot, allowPrivilegeEscalation, seccompProfile and
+    privileged=false; pkg/apis/config/features.go: emptyDir volumes on)."""
+    out = [f"pod securityContext.{k}" for k in pod.get("securityContext") or {}]
+    allowed = {"capabilities", "readOnlyRootFilesystem", "runAsUser", "runAsGroup", "runAsNonRoot",
+               "allowPrivilegeEscalation", "seccompProfile", "privileged"}
+    for c in pod["containers"]:
+        sc = c.get("securityContext") or {}
+        out += [f"{c['name']}: securityContext.{k}" for k in sc if k not in allowed]
+        out += [f"{c['name']}: capabilities.add" for _ in (sc.get("capabilities") or {}).get("add") or []]
+        if sc.get("privileged"):
+            out.append(f"{c['name']}: privileged")
+    out += [f"volume {v['name']}" for v in pod.get("volumes", []) if set(v) - {"name", "emptyDir", "configMap",
+                                                                           "secret", "projected"}]
+    return out
+
+
+def test_knative_mode_sets_only_what_knative_accepts(renderings):
+    from loganalyzer.deploy import DeployConfig, inference_service
+    from loganalyzer.k8s import to_dict
+
+    def isvc(mode):
+        return to_dict(inference_service(DeployConfig(name="c", storage_uri="pvc://m/x", deployment_mode=mode)))
+
+    standard, knative = isvc("Standard"), isvc("Knative")
+    assert _knative_rejects(pod_specs(standard)[0]), "the rule must catch a pod-level security context"
+    assert _knative_rejects(pod_specs(knative)[0]) == []
+    assert knative["metadata"]["annotations"] == {"serving.kserve.io/deploymentMode": "Knative"}
+    for doc in (standard, knative):  # both modes: Pod Security restricted, UID 1000, read-only root
+        assert security_problems(doc) == []
+    # the chart renders the same object in Knative mode, and points the chatbot at its address
+    docs = helm_template(CHART, "--set", "serving.enabled=true", "--set", "chatbot.enabled=true",
+                         "--set", "serving.deploymentMode=Knative")
+    (chart_isvc,) = [d for d in docs if d["kind"] == "InferenceService"]
+    assert chart_isvc["spec"] == to_dict(inference_service(DeployConfig(
+        name="loganalyzer-chat", storage_uri="pvc://loganalyzer-models/default/cpt_sft",
+        deployment_mode="Knative")))["spec"]
+    chatbot = by_kind(docs, "Deployment")["loganalyzer-chatbot"]["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "LOGANALYZER_ENDPOINT",
+            "value": "http://loganalyzer-chat.loganalyzer.svc.cluster.local/openai/v1"} in chatbot["env"]
+
+
+# kserve v0.20 config/runtimes/kserve-huggingfaceserver.yaml: the runtime container's own resources
+HF_RUNTIME_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}}
+
+
+def _merged_resources(ours: dict) -> dict:
+    """kserve pkg/utils/container_merge.go MergeContainerWithPatch: a strategic merge of the InferenceService's
+    container onto the runtime's; requests and limits are maps, merged key by key."""
+    return {k: {**HF_RUNTIME_RESOURCES[k], **(ours.get(k) or {})} for k in HF_RUNTIME_RESOURCES}
+
+
+@pytest.mark.parametrize("source", ["deploy", "overlays/production+serving", "chart+ci-values.yaml"])
+def test_predictor_resources_override_the_runtime_limits(renderings, source):
+    from loganalyzer.deploy import DeployConfig, inference_service
+    from loganalyzer.k8s import to_dict
+
+    if source == "deploy":
+        isvc = to_dict(inference_service(DeployConfig(name="c", storage_uri="pvc://m/x")))
+    else:
+        (isvc,) = [d for d in renderings[source] if d["kind"] == "InferenceService"]
+    merged = _merged_resources(isvc["spec"]["predictor"]["model"]["resources"])
+    # an 8B model in bf16 is 16 GB of weights: vLLM loads it through host memory, with a few CPUs
+    assert _gib(merged["limits"]["memory"]) >= 48 and float(merged["limits"]["cpu"]) >= 4, merged
+    assert merged["limits"]["nvidia.com/gpu"] == merged["requests"]["nvidia.com/gpu"] == "1"
+
+
+def _gib(quantity: str) -> float:
+    units = {"Gi": 1, "Mi": 1 / 1024, "Ti": 1024}
+    return float(quantity[:-2]) * units[quantity[-2:]]
 
 
 def test_dev_overlay_runs_tiny_cpu_recipes(renderings):

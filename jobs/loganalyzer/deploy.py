@@ -12,13 +12,25 @@ with the LoRA adapter (``train`` writes it to ``<output_dir>/adapter``) served o
 under ``served_model_name``. Both must then be ``pvc://`` paths on the same claim, which KServe mounts once.
 Created, updated and watched through the ``kserve`` SDK's ``KServeClient``. An existing service of the same name is
 replaced in place and the launcher waits for the new generation to be Ready. Not Ready within ``timeout_s``:
-exits 1 with the Ready condition's reason and message.
+exits 1 with the Ready condition's reason and message. The URL returned is the cluster-local address
+(``status.address.url``, what the chatbot and the pipeline use); the external ``status.url`` is logged.
+
+Deployment mode (annotation ``serving.kserve.io/deploymentMode``, always set): ``Standard`` (default; a Deployment
+and a Service ``<name>-predictor``, on every KServe install) or ``Knative`` (serverless, scale to zero). Knative's
+webhook refuses pod-level ``runAsUser``/``runAsGroup``/``runAsNonRoot``/``fsGroup``/``seccompProfile`` unless the
+``kubernetes.podspec-securitycontext`` feature is on (knative/serving ``pkg/apis/serving/fieldmask.go``), so in
+that mode the same identity goes on the container, whose fields Knative allows.
+
+Resources: KServe merges this container onto the ServingRuntime's (``pkg/utils/container_merge.go``, a strategic
+merge key by key), and the Hugging Face runtime limits itself to 1 CPU / 2 GiB: ``cpu`` and ``memory`` are set as
+both request and limit, so those defaults never survive.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import Literal
 
 from kubernetes import client as k8s
 from pydantic import Field
@@ -39,8 +51,12 @@ class DeployConfig(StageConfig):
     served_model_name: str = Field(default="loganalyzer", description="model name clients send in requests")
     max_model_len: int = Field(default=8192, gt=0, description="context length the server allocates for")
     gpus: int = Field(default=1, ge=0, description="nvidia.com/gpu for the predictor (0: CPU backend)")
-    cpu: str | None = Field(default=None, description="CPU request, e.g. '8'")
-    memory: str | None = Field(default=None, description="memory request, e.g. '48Gi'")
+    cpu: str = Field(default="8", description="CPU request and limit (replaces the runtime's 1-CPU limit)")
+    memory: str = Field(default="64Gi", description="memory request and limit (vLLM loading an 8B model in bf16 "
+                                                     "needs far more than the runtime's 2Gi)")
+    deployment_mode: Literal["Standard", "Knative"] = Field(
+        default="Standard", description="KServe mode: Standard (Deployment + Service, any install) or Knative "
+                                        "(serverless; the security context moves to the container)")
     min_replicas: int = Field(default=1, ge=0, description="autoscaling lower bound (0: scale to zero)")
     max_replicas: int = Field(default=1, ge=1, description="autoscaling upper bound")
     scale_target: int = Field(default=8, ge=1, description="concurrent requests per replica before scaling out")
@@ -56,6 +72,7 @@ class DeployConfig(StageConfig):
     poll_s: float = Field(default=10, gt=0, description="seconds between readiness checks")
 
 
+DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
 MOUNT = "/mnt/models"  # where KServe's storage initializer puts storage_uri
 PORT = 8080  # the Hugging Face runtime's HTTP port
 
@@ -86,8 +103,9 @@ def inference_service(cfg: DeployConfig):
     import kserve
 
     storage_uri, args = runtime_args(cfg)
-    requests = {k: v for k, v in (("cpu", cfg.cpu), ("memory", cfg.memory)) if v}
-    limits = {}
+    knative = cfg.deployment_mode == "Knative"
+    requests = {"cpu": cfg.cpu, "memory": cfg.memory}
+    limits = dict(requests)
     if cfg.gpus:
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(cfg.gpus)
     volumes, mounts = kube.scratch_volumes(shm_size="16Gi" if cfg.gpus else None)
@@ -100,17 +118,19 @@ def inference_service(cfg: DeployConfig):
         name="kserve-container", model_format=kserve.V1beta1ModelFormat(name="huggingface"), storage_uri=storage_uri,
         runtime=cfg.runtime, args=args,
         env=kube.env_list({"HOME": "/tmp", "HF_HUB_OFFLINE": "1"}),
-        resources=k8s.V1ResourceRequirements(requests=requests or None, limits=limits or None),
+        resources=k8s.V1ResourceRequirements(requests=requests, limits=limits),
         readiness_probe=probe("/v2/health/ready", 60), liveness_probe=probe("/v2/health/live", 6),
-        volume_mounts=mounts, security_context=kube.container_security_context())
+        volume_mounts=mounts, security_context=kube.container_security_context(with_identity=knative))
     predictor = kserve.V1beta1PredictorSpec(
         model=model, min_replicas=cfg.min_replicas, max_replicas=cfg.max_replicas, scale_metric="concurrency",
         scale_target=cfg.scale_target, volumes=volumes,
-        service_account_name=cfg.service_account, security_context=kube.pod_security_context(),
+        service_account_name=cfg.service_account,
+        security_context=None if knative else kube.pod_security_context(),
         node_selector=cfg.node_selector or None, tolerations=kube.tolerations(cfg.tolerations) or None)
     return kserve.V1beta1InferenceService(
         api_version="serving.kserve.io/v1beta1", kind="InferenceService",
-        metadata=k8s.V1ObjectMeta(name=cfg.name, namespace=cfg.namespace, labels=kube.labels("serving")),
+        metadata=k8s.V1ObjectMeta(name=cfg.name, namespace=cfg.namespace, labels=kube.labels("serving"),
+                                  annotations={DEPLOYMENT_MODE: cfg.deployment_mode}),
         spec=kserve.V1beta1InferenceServiceSpec(predictor=predictor))
 
 
@@ -151,10 +171,12 @@ def run(cfg: DeployConfig, kserve_client=None) -> str:
         raise NotReady(f"InferenceService {cfg.namespace}/{cfg.name} not Ready after {cfg.timeout_s}s: "
                        f"{why}") from None
     status = kc.get(cfg.name, namespace=cfg.namespace)["status"]
-    # status.url is the external (ingress) URL; without an ingress only the cluster-local address exists.
-    url = (status.get("url") or status.get("address", {}).get("url", "")).rstrip("/") + "/openai/v1"
-    log.info("InferenceService %s/%s is Ready: %s (model %r)", cfg.namespace, cfg.name, url,
-             cfg.served_model_name)
+    # address.url: the cluster-local Service (Standard: http://<name>-predictor.<ns>.svc.cluster.local); url: the
+    # ingress host (http://<name>-<ns>.example.com unless KServe's ingress domain is configured).
+    local = (status.get("address") or {}).get("url") or status.get("url", "")
+    url = local.rstrip("/") + "/openai/v1"
+    log.info("InferenceService %s/%s is Ready: %s in the cluster, %s outside (model %r)", cfg.namespace, cfg.name,
+             url, status.get("url") or "no ingress URL", cfg.served_model_name)
     return url
 
 

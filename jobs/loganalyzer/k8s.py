@@ -28,9 +28,13 @@ def pod_security_context() -> k8s.V1PodSecurityContext:
                                     seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"))
 
 
-def container_security_context() -> k8s.V1SecurityContext:
+def container_security_context(with_identity: bool = False) -> k8s.V1SecurityContext:
+    """The hardened container security context; ``with_identity`` adds the user, group and seccomp profile that
+    ``pod_security_context`` otherwise sets, for pods that may carry no pod-level context (Knative Services)."""
+    identity = dict(run_as_user=UID, run_as_group=UID,
+                    seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")) if with_identity else {}
     return k8s.V1SecurityContext(allow_privilege_escalation=False, read_only_root_filesystem=True,
-                                 run_as_non_root=True, capabilities=k8s.V1Capabilities(drop=["ALL"]))
+                                 run_as_non_root=True, capabilities=k8s.V1Capabilities(drop=["ALL"]), **identity)
 
 
 def scratch_volumes(shm_size: str | None) -> tuple[list[k8s.V1Volume], list[k8s.V1VolumeMount]]:

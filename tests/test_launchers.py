@@ -117,8 +117,9 @@ def test_pytorchjob_succeeded(cluster, training_client):
     t, box = _in_thread(launch, _launch_cfg("t-ok", nodes=2), training_client)
     job = _wait_for(api, PYTORCHJOB, "t-ok")
     spec = job["spec"]
-    assert spec["nprocPerNode"] == "4" and spec["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
-    container = spec["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    assert spec["nprocPerNode"] == "4" and list(spec["pytorchReplicaSpecs"]) == ["Worker"]
+    assert spec["pytorchReplicaSpecs"]["Worker"]["replicas"] == 2 and spec["elasticPolicy"]["rdzvBackend"] == "c10d"
+    container = spec["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["--config", "sft_lora", "train_file=/data/runs/t/datasets/sft_train.jsonl"]
     _patch_status(api, PYTORCHJOB, "t-ok", _conditions("Created", "Running"))
     time.sleep(0.5)

@@ -3,14 +3,25 @@ Kubernetes 1.30 schemas and the upstream CRDs, dry-run applied to a real API ser
 
 from __future__ import annotations
 
+import copy
 import filecmp
 import json
 import shutil
 
 import pytest
 import yaml
-from kube_helpers import ROOT, helm, helm_template, kustomize, pod_specs, security_problems, validate
+from kube_helpers import (
+    ROOT,
+    helm,
+    helm_template,
+    kustomize,
+    pod_specs,
+    restricted_violations,
+    security_problems,
+    validate,
+)
 
+from loganalyzer.k8s import to_dict
 from loganalyzer.launch import TRAIN_ENV, LaunchConfig, pytorchjob
 
 MANIFESTS = ROOT / "manifests"
@@ -19,7 +30,7 @@ CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 CONFIGS = ROOT / "jobs" / "configs"
 
 
-COMPONENTS = ("cpt-2x4", "ray-sft", "serving")
+COMPONENTS = ("cpt-2x4", "ray-sft", "serving")  # optional, commented out in overlays/production
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +41,10 @@ def renderings(tmp_path_factory) -> dict[str, list[dict]]:
         copy = tmp_path_factory.mktemp(component) / "manifests"
         shutil.copytree(MANIFESTS, copy)
         kustomization = copy / "overlays" / "production" / "kustomization.yaml"
-        text = kustomization.read_text().replace("# components:\n#   - ../../components/cpt-2x4\n", "")
-        kustomization.write_text(text + f"components:\n  - ../../components/{component}\n")
+        text = kustomization.read_text()
+        line = f"  # - ../../components/{component}\n"
+        assert line in text, f"overlays/production lists no commented {component} component"
+        kustomization.write_text(text.replace(line, f"  - ../../components/{component}\n"))
         out[f"overlays/production+{component}"] = kustomize(copy / "overlays" / "production")
     out["chart"] = helm_template(CHART)
     for values in CI_VALUES:
@@ -93,8 +106,17 @@ def test_cpt_pytorchjob_topologies(renderings):
         cpt = next(d for d in renderings[name] if d["kind"] == "PyTorchJob" and d["metadata"]["name"].endswith("cpt"))
         replicas = cpt["spec"]["pytorchReplicaSpecs"]
         assert int(cpt["spec"]["nprocPerNode"]) == nproc, name
-        assert sum(r["replicas"] for r in replicas.values()) == nodes, name
-        assert replicas["Master"]["replicas"] == 1 and replicas["Master"]["restartPolicy"] == "OnFailure"
+        # one node: a Master; more: Workers only, with a c10d rendezvous (no init container; see below)
+        assert list(replicas) == (["Master"] if nodes == 1 else ["Worker"]), name
+        (only,) = replicas.values()
+        assert only["replicas"] == nodes and only["restartPolicy"] == "OnFailure", name
+        if nodes > 1:
+            assert cpt["spec"]["elasticPolicy"] == {"rdzvBackend": "c10d", "minReplicas": nodes,
+                                                    "maxReplicas": nodes}, name
+        else:
+            assert "elasticPolicy" not in cpt["spec"], name
+        if name.startswith("overlays/production"):  # components/gpu-nodes, also after cpt-2x4 moved the replica
+            assert only["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}, name
         for r in replicas.values():
             pod = r["template"]["spec"]
             c = pod["containers"][0]
@@ -288,6 +310,44 @@ def test_launcher_builds_the_manifest_pytorchjob(renderings):
         launched["spec"]["runPolicy"]
 
 
+def _as_the_operator_runs_it(job: dict) -> list[dict]:
+    """The pod specs the Training Operator creates for a PyTorchJob: with a Master, every Worker gets its
+    init-pytorch container, from its default template (training-operator v1.9.0
+    pkg/controller.v1/pytorch/initcontainer.go: image alpine:3.10, resources, an nslookup loop, no securityContext)."""
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    pods = []
+    for rtype, spec in replicas.items():
+        pod = copy.deepcopy(spec["template"]["spec"])
+        if "Master" in replicas and rtype == "Worker":
+            pod.setdefault("initContainers", []).append({
+                "name": "init-pytorch", "image": "alpine:3.10", "imagePullPolicy": "IfNotPresent",
+                "resources": {"limits": {"cpu": "100m", "memory": "20Mi"},
+                              "requests": {"cpu": "50m", "memory": "10Mi"}},
+                "command": ["sh", "-c", f"err=1;for i in $(seq 100); do if nslookup {job['metadata']['name']}-master-0;"
+                                        " then err=0 && break; fi;echo waiting for master; sleep 2; done; exit $err"]})
+        pods.append(pod)
+    return pods
+
+
+def test_multi_node_pytorchjobs_pass_pod_security_restricted(renderings):
+    """The namespace enforces Pod Security "restricted" (manifests/base/namespace.yaml): every pod the operator
+    creates from our multi-node jobs must pass it, its injected containers included."""
+    jobs = [to_dict(pytorchjob(LaunchConfig(name="x-cpt", recipe="cpt_full_zero3", nodes=2, nproc_per_node=4))),
+            by_kind(renderings["overlays/production+cpt-2x4"], "PyTorchJob")["loganalyzer-cpt"],
+            by_kind(renderings["chart+ci-values.yaml"], "PyTorchJob")["loganalyzer-cpt"]]
+    for job in jobs:
+        assert [v for pod in _as_the_operator_runs_it(job) for v in restricted_violations(pod)] == [], job
+    # the layout they replace, 1 Master + 1 Worker, is refused because of the injected container
+    old = copy.deepcopy(jobs[0])
+    old["spec"].pop("elasticPolicy")
+    workers = old["spec"]["pytorchReplicaSpecs"]
+    workers["Master"] = {**workers["Worker"], "replicas": 1}
+    workers["Worker"]["replicas"] = 1
+    violations = [v for pod in _as_the_operator_runs_it(old) for v in restricted_violations(pod)]
+    assert violations == ["init-pytorch: allowPrivilegeEscalation != false",
+                          "init-pytorch: capabilities do not drop ALL"], violations
+
+
 def test_launcher_objects_are_valid(kube):
     """What `loganalyzer launch` and `deploy` create (PyTorchJob 2 x 4, RayJob, InferenceServices merged and LoRA)
     passes the CRD schemas, hardening and dry-run."""
@@ -311,13 +371,13 @@ def test_launcher_objects_are_valid(kube):
 
 def test_configs_copies_identical_to_jobs_configs():
     """manifests/base/configs and the chart's files/configs are copies of jobs/configs (`make manifests`)."""
-    for copy in (MANIFESTS / "base" / "configs", CHART / "files" / "configs"):
+    for copied in (MANIFESTS / "base" / "configs", CHART / "files" / "configs"):
         for sub in ("", "deepspeed"):
-            cmp = filecmp.dircmp(CONFIGS / sub, copy / sub)
+            cmp = filecmp.dircmp(CONFIGS / sub, copied / sub)
             wanted = [f for f in cmp.left_list if f.endswith((".yaml", ".json"))]
-            assert sorted(f for f in cmp.right_list if f != "deepspeed") == sorted(wanted), copy / sub
-            _, mismatch, errors = filecmp.cmpfiles(CONFIGS / sub, copy / sub, wanted, shallow=False)
-            assert mismatch == [] and errors == [], (copy / sub, mismatch, errors)
+            assert sorted(f for f in cmp.right_list if f != "deepspeed") == sorted(wanted), copied / sub
+            _, mismatch, errors = filecmp.cmpfiles(CONFIGS / sub, copied / sub, wanted, shallow=False)
+            assert mismatch == [] and errors == [], (copied / sub, mismatch, errors)
 
 
 def test_helm_lint_strict():

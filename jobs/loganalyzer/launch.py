@@ -3,10 +3,12 @@
     loganalyzer launch --name cpt-1 --recipe cpt_full_zero3 --nodes 1 --nproc-per-node 8 \\
         --args train_file=/data/runs/1/datasets/cpt_train.jsonl output_dir=/data/runs/1/models/cpt
 
-The job runs ``torchrun --module loganalyzer.train --config <recipe> <args>`` on every replica (one Master plus
-``nodes - 1`` Workers). The Training Operator sets ``PET_NNODES``, ``PET_NPROC_PER_NODE``, ``PET_NODE_RANK`` and
-the master address, which torchrun reads, so the same recipe runs on 1×8 or 2×4 GPUs with no change; the world
-size is never in training code. Created, watched and deleted through ``kubeflow-training``'s ``TrainingClient``.
+The job runs ``torchrun --module loganalyzer.train --config <recipe> <args>`` on every replica: one Master on one
+node; ``nodes`` Workers with a c10d rendezvous on worker-0 (``elasticPolicy`` min = max = nodes) on several, so
+that the operator adds no init container that Pod Security "restricted" would refuse. The Training Operator sets
+``PET_NNODES``, ``PET_NPROC_PER_NODE`` and the master address or rendezvous endpoint, which torchrun reads, so the
+same recipe runs on 1×8 or 2×4 GPUs with no change; the world size is never in training code. Created, watched
+and deleted through ``kubeflow-training``'s ``TrainingClient``.
 
 ``engine=ray`` creates a RayJob instead (through the Kubernetes API): a CPU head and ``nodes x nproc_per_node``
 single-GPU workers, whose entrypoint runs the same recipe with ``engine=ray`` (Ray Train's ``TorchTrainer``, one
@@ -44,12 +46,12 @@ class LaunchConfig(StageConfig):
     """Run ``loganalyzer.train`` with a recipe as a PyTorchJob (torchrun on every replica) or a RayJob, and wait."""
 
     name: str = Field(pattern=K8S_NAME, max_length=48,
-                      description="PyTorchJob name (pods are <name>-master-0, <name>-worker-N)")
+                      description="PyTorchJob name (pods: <name>-master-0 on one node, <name>-worker-N on more)")
     recipe: str = Field(description="recipe name in the image's configs dir, or a path inside the image")
     args: list[str] = Field(default=[], description="key=value overrides passed to loganalyzer.train")
     namespace: str = Field(default="loganalyzer", description="namespace to create the job in")
     image: str = Field(default="loganalyzer-train:0.1.0", description="the train image (images/train)")
-    nodes: int = Field(default=1, ge=1, description="replicas: 1 Master + nodes-1 Workers")
+    nodes: int = Field(default=1, ge=1, description="replicas: 1 Master, or that many Workers (c10d rendezvous)")
     nproc_per_node: int = Field(default=8, ge=1, description="torchrun processes per replica")
     gpus_per_node: int | None = Field(default=None, ge=0,
                                       description="nvidia.com/gpu per replica (default: nproc_per_node; 0: CPU)")
@@ -126,6 +128,7 @@ def _gpus(cfg: LaunchConfig) -> int:
 def pytorchjob(cfg: LaunchConfig):
     """The ``KubeflowOrgV1PyTorchJob`` for ``cfg`` (container ``pytorch``, restartPolicy OnFailure)."""
     from kubeflow.training import (
+        KubeflowOrgV1ElasticPolicy,
         KubeflowOrgV1PyTorchJob,
         KubeflowOrgV1PyTorchJobSpec,
         KubeflowOrgV1ReplicaSpec,
@@ -134,15 +137,21 @@ def pytorchjob(cfg: LaunchConfig):
 
     pod = _trainer_pod(cfg, "pytorch", _gpus(cfg), ["torchrun", "--module", "loganalyzer.train"],
                        ["--config", cfg.recipe, *cfg.args])
-    replicas = {"Master": KubeflowOrgV1ReplicaSpec(replicas=1, restart_policy="OnFailure", template=pod)}
-    if cfg.nodes > 1:
-        replicas["Worker"] = KubeflowOrgV1ReplicaSpec(replicas=cfg.nodes - 1, restart_policy="OnFailure",
-                                                      template=pod)
+    elastic = None
+    if cfg.nodes == 1:
+        replicas = {"Master": KubeflowOrgV1ReplicaSpec(replicas=1, restart_policy="OnFailure", template=pod)}
+    else:
+        # Workers only, with torchrun's c10d rendezvous on worker-0 (PET_RDZV_*, PET_NNODES=n:n): the operator
+        # injects its init-pytorch container (alpine, no securityContext) into the Workers of a job that has a
+        # Master (training-operator v1.9 pkg/controller.v1/pytorch/initcontainer.go), which Pod Security
+        # "restricted" forbids; without a Master it injects none, and worker-0 takes the master role (logs).
+        replicas = {"Worker": KubeflowOrgV1ReplicaSpec(replicas=cfg.nodes, restart_policy="OnFailure", template=pod)}
+        elastic = KubeflowOrgV1ElasticPolicy(rdzv_backend="c10d", min_replicas=cfg.nodes, max_replicas=cfg.nodes)
     return KubeflowOrgV1PyTorchJob(
         api_version="kubeflow.org/v1", kind="PyTorchJob",
         metadata=k8s.V1ObjectMeta(name=cfg.name, namespace=cfg.namespace, labels=kube.labels("train")),
         spec=KubeflowOrgV1PyTorchJobSpec(
-            nproc_per_node=str(cfg.nproc_per_node), pytorch_replica_specs=replicas,
+            nproc_per_node=str(cfg.nproc_per_node), pytorch_replica_specs=replicas, elastic_policy=elastic,
             run_policy=KubeflowOrgV1RunPolicy(backoff_limit=cfg.backoff_limit, clean_pod_policy="None",
                                               ttl_seconds_after_finished=cfg.ttl_s)))
 

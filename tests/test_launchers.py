@@ -240,6 +240,68 @@ def test_rayjob_failed_and_stuck(cluster, ray_client):
         api.get_namespaced_custom_object(*RAYJOB[:2], NS, RAYJOB[2], "t-ray-stuck")
 
 
+
+class _FakeCore:
+    """CoreV1Api for the log follower: the master pod's container logs, one list per stream opened. A stream ends
+    when the container exits (restart) or the connection drops; the follower must reopen it."""
+
+    def __init__(self, streams):
+        self.streams, self.opened = list(streams), 0
+
+    def list_namespaced_pod(self, namespace, label_selector):
+        from kubernetes.client import V1ObjectMeta, V1Pod, V1PodList, V1PodStatus
+
+        assert "training.kubeflow.org/job-role=master" in label_selector
+        return V1PodList(items=[V1Pod(metadata=V1ObjectMeta(name="t-logs-master-0"),
+                                      status=V1PodStatus(phase="Running"))])
+
+    def read_namespaced_pod_log(self, name, namespace, container, timestamps, follow=False,
+                                _preload_content=True, **kw):
+        """Like CoreV1Api's. kubernetes.watch streams a log when the docstring says
+        :param bool follow: Follow the log stream of the pod.
+        """
+        import io
+
+        assert timestamps and container == "pytorch"
+        lines = self.streams[min(self.opened, len(self.streams) - 1)]
+        self.opened += 1
+        return _Resp(io.BytesIO("".join(f"{line}\n" for line in lines).encode()))
+
+
+class _Resp:
+    def __init__(self, body):
+        self.body = body
+
+    def stream(self, *a, **kw):
+        yield from iter(lambda: self.body.read(7), b"")
+
+    def read_chunked(self, *a, **kw):
+        yield from self.stream()
+
+    def release_conn(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_log_follower_survives_a_restart_and_a_reconnect(capsys):
+    from loganalyzer.launch import _LogFollower
+
+    first = ["2026-12-01T10:00:00.000000001Z step 1", "2026-12-01T10:00:01.000000000Z step 2"]
+    reconnect = first + ["2026-12-01T10:00:02.000000000Z step 3"]  # same container: the whole log again
+    restarted = ["2026-12-01T10:05:00.000000000Z resume: auto -> continuing from checkpoint-2"]
+    core = _FakeCore([first, reconnect, restarted])
+    follower = _LogFollower(type("TC", (), {"core_api": core})(), _launch_cfg("t-logs"), retry_s=0.05)
+    follower.start()
+    deadline = time.monotonic() + 10
+    while core.opened < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    follower.join(5)
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["[t-logs-master-0] step 1", "[t-logs-master-0] step 2", "[t-logs-master-0] step 3",
+                   "[t-logs-master-0] resume: auto -> continuing from checkpoint-2"]
+
 @pytest.mark.parametrize("job_status, deployment, failed, expected", [
     ("RUNNING", "Running", 0, "running"),
     # KubeRay v1.7 rayjob_controller.go checkBackoffLimitAndUpdateStatusIfNeeded: a failed attempt with retries

@@ -17,7 +17,8 @@ rank per worker). Its state comes from ``status.jobDeploymentStatus`` / ``jobSta
 Behaviour the pipeline relies on:
 - re-running with the same ``name`` attaches to a job that is still running, returns at once for one that
   Succeeded and replaces one that Failed (a KFP retry continues from the recipe's ``resume: auto`` checkpoint);
-- a PyTorchJob's master pod log is streamed to this process's stdout once it is Running (``follow_logs``);
+- a PyTorchJob's master pod log is streamed to this process's stdout once it is Running (``follow_logs``),
+  across restarts of its container;
 - failed: exits 1 with the job's reason and message; no terminal state within ``timeout_s``: the job is deleted
   (its GPUs freed) and the launcher exits 1 naming the last state.
 """
@@ -344,23 +345,52 @@ def _delete_and_wait(jobs, where: str, timeout_s: float = 120) -> None:
 
 
 class _LogFollower:
-    """Streams the master pod's log in a daemon thread (started once, when the job is Running)."""
+    """Streams the log of the job's master pod (``<name>-master-0``, or ``<name>-worker-0`` on several nodes) in a
+    daemon thread, started once the job is Running, until the job finishes.
 
-    def __init__(self, tc, cfg: LaunchConfig):
-        self._tc, self._cfg, self._thread = tc, cfg, None
+    The SDK's ``TrainingClient.get_job_logs(follow=True)`` opens one stream per pod and ends it when the container
+    exits, so a pod restarted by ``restartPolicy: OnFailure`` (the resume path) would go silent. Here the stream is
+    reopened whenever it ends before the job does; lines carry the API server's timestamps, and those already
+    printed are skipped, so a reconnect to the same container prints nothing twice.
+    """
+
+    def __init__(self, tc, cfg: LaunchConfig, retry_s: float = 5):
+        self._core, self._cfg, self._retry_s = tc.core_api, cfg, retry_s
+        self._thread, self._done = None, threading.Event()
 
     def start(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._follow, daemon=True)
             self._thread.start()
 
+    def _master_pod(self) -> str | None:
+        pods = self._core.list_namespaced_pod(
+            self._cfg.namespace, label_selector=f"training.kubeflow.org/job-name={self._cfg.name},"
+                                                "training.kubeflow.org/job-role=master").items
+        running = [p for p in pods if p.status and p.status.phase not in ("Pending", None)]
+        return running[0].metadata.name if running else None
+
     def _follow(self) -> None:
-        try:
-            self._tc.get_job_logs(self._cfg.name, namespace=self._cfg.namespace, follow=True)
-        except Exception as exc:  # logs are a convenience: never fail the launch over them
-            log.warning("could not stream the logs of %s: %s", self._cfg.name, exc)
+        from kubernetes import watch
+
+        last = ""  # RFC 3339 timestamp of the last line printed; they sort as strings
+        while not self._done.is_set():
+            try:
+                pod = self._master_pod()
+                if pod:
+                    for line in watch.Watch().stream(self._core.read_namespaced_pod_log, name=pod,
+                                                     namespace=self._cfg.namespace, container="pytorch",
+                                                     timestamps=True):
+                        stamp, _, text = line.partition(" ")
+                        if stamp > last:
+                            print(f"[{pod}] {text}", flush=True)
+                            last = stamp
+            except Exception as exc:  # logs are a convenience: never fail the launch over them
+                log.warning("log stream of %s interrupted (%s); retrying", self._cfg.name, exc)
+            self._done.wait(self._retry_s)
 
     def join(self, timeout: float = 30) -> None:
+        self._done.set()
         if self._thread is not None:
             self._thread.join(timeout)
 

@@ -126,6 +126,10 @@ def effective(cfg: TrainConfig) -> TrainConfig:
     attn = cfg.attn_implementation
     if attn == "auto":
         attn = "flash_attention_2" if gpu and importlib.util.find_spec("flash_attn") else "sdpa"
+    # Liger under TRL 1.16: its fused RMSNorm, RoPE and SwiGLU kernels only. TRL turns Liger's fused linear
+    # cross-entropy off (sft_trainer.py) because its own chunked LM head already computes the loss without the
+    # full logits; `use_liger_kernel` is deprecated there (removal in TRL 2) in favour of Hub kernels, which an
+    # air-gapped cluster cannot fetch. Whether the three kernels pay off is measured by bench_gpu_train.py.
     liger = cfg.use_liger_kernel
     if liger == "auto":
         liger = gpu and importlib.util.find_spec("liger_kernel") is not None

@@ -1,7 +1,10 @@
 import json
 import math
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,6 +91,41 @@ def test_last_complete_checkpoint_skips_unmarked_and_foreign_dirs(tmp_path):
     assert not list(tmp_path.glob("checkpoint-10/.*.tmp"))
     assert last_complete_checkpoint(tmp_path / "missing") is None
 
+
+@pytest.mark.integration
+def test_two_ranks_lora_ddp_tokenize_once_then_train(tiny_env, tmp_path):
+    """torchrun with 2 CPU ranks (gloo), as a PyTorchJob replica runs 8: rank 0 prepares the datasets before rank 1
+    starts (main_process_first on one shared cache), and LoRA under DDP trains with find_unused_parameters off
+    (DDP raises at the next step if a trainable parameter got no gradient)."""
+    out = tmp_path / "sft"
+    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--module", "loganalyzer.train",
+         "--config", str(CONFIGS / "sft_tiny_cpu.yaml"), f"model_name_or_path={tiny_env['model']}",
+         f"train_file={tiny_env['datasets'] / 'sft_train.jsonl'}", f"output_dir={out}", "max_steps=2",
+         "report_to=[none]", 'save_strategy="no"'],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ready = re.findall(r"rank (\d): datasets ready", result.stderr)
+    assert ready == ["0", "1"], result.stderr[-3000:]
+    saved = json.loads((out / "loganalyzer_train.json").read_text())
+    assert saved["lora"] is True
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_sft_trainer_settings(tiny_env, tmp_path):
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from loganalyzer.train import build_trainer
+
+    assert _recipe("sft_lora").train_sampling_strategy == "group_by_length"
+    cfg = _recipe("sft_tiny_cpu", model_name_or_path=str(tiny_env["model"]),
+                  train_file=str(tiny_env["datasets"] / "sft_train.jsonl"), output_dir=str(tmp_path), max_steps=1,
+                  report_to=["none"], train_sampling_strategy="group_by_length")
+    trainer, *_ = build_trainer(cfg)
+    # transformers would pick True for a PeftModel (trainer.py: not a PreTrainedModel), searching every step
+    assert trainer.args.ddp_find_unused_parameters is False
+    assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
 
 @pytest.mark.integration
 def test_sft_lora_merges_and_keeps_the_original_chat_template(tiny_env, tmp_path):

@@ -67,6 +67,9 @@ class TrainConfig(StageConfig):
     seed: int = 1309
     gradient_checkpointing: bool = True
     packing: bool = Field(False, description="pack samples into max_length sequences (cpt)")
+    train_sampling_strategy: Literal["random", "group_by_length"] = Field(
+        "random", description="group_by_length: batches of similar lengths (transformers' LengthGroupedSampler), "
+                              "less padding when samples vary in length (sft)")
     deepspeed: str | None = Field(None, description="DeepSpeed JSON (path, or a name in jobs/configs/deepspeed)")
     # LoRA (sft)
     lora: bool = False
@@ -236,8 +239,10 @@ def pretokenize_text(ds, tokenizer, num_proc: int | None = None):
                                        num_proc=num_proc, desc="Tokenizing CPT text").with_format(None)
 
 
-def check_lengths(ds, tokenizer, cfg: TrainConfig, chat_template: str | None, what: str):
-    """Apply the ``overlong`` policy to SFT samples longer than ``max_length`` tokens."""
+def check_lengths(ds, tokenizer, cfg: TrainConfig, chat_template: str | None, what: str,
+                  write_rejects: bool = True):
+    """Apply the ``overlong`` policy to SFT samples longer than ``max_length`` tokens (``write_rejects``: this
+    process writes ``rejects.jsonl``, rank 0 only)."""
     if cfg.mode == "cpt":  # packed with overflow split: long texts are cut into sequences, never truncated
         return pretokenize_text(ds, tokenizer, cfg.dataset_num_proc)
     template = None if chat_template == LAST_TURN else chat_template
@@ -253,9 +258,10 @@ def check_lengths(ds, tokenizer, cfg: TrainConfig, chat_template: str | None, wh
             f"chunk logs smaller, or set overlong=drop to skip them (listed in <output_dir>/rejects.jsonl).")
     from loganalyzer.io import JsonlWriter
 
-    with JsonlWriter(Path(cfg.output_dir) / "rejects.jsonl") as w:
-        for i in over:
-            w.write({"file": what, "row": i, "tokens": lengths[i], "reason": f"overlong: > {cfg.max_length}"})
+    if write_rejects:
+        with JsonlWriter(Path(cfg.output_dir) / "rejects.jsonl") as w:
+            for i in over:
+                w.write({"file": what, "row": i, "tokens": lengths[i], "reason": f"overlong: > {cfg.max_length}"})
     log.warning("%s: dropped %d of %d samples longer than %d tokens", what, len(over), len(ds), cfg.max_length)
     keep = set(range(len(ds))) - set(over)
     if not keep:
@@ -344,17 +350,9 @@ def build_trainer(cfg: TrainConfig):
     cfg = effective(cfg)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
     chat_template = training_chat_template(tokenizer) if cfg.mode == "sft" else None
-    train = check_lengths(load_rows(cfg.train_file, cfg.mode), tokenizer, cfg, chat_template, cfg.train_file)
-    evalset = (check_lengths(load_rows(cfg.eval_file, cfg.mode), tokenizer, cfg, chat_template, cfg.eval_file)
-               if cfg.eval_file else None)
     use_gpu = _on_gpu()
     original_template = tokenizer.chat_template
     last_turn_only = chat_template == LAST_TURN
-    if last_turn_only:
-        train = to_prompt_completion(train)
-        evalset = to_prompt_completion(evalset) if evalset is not None else None
-    elif chat_template:  # TRL builds the assistant mask from the tokenizer's template
-        tokenizer.chat_template = chat_template
     args = SFTConfig(
         output_dir=str(Path(cfg.output_dir) / "checkpoints"),
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type,
@@ -366,16 +364,33 @@ def build_trainer(cfg: TrainConfig):
         bf16=cfg.bf16, weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, data_seed=cfg.seed,
         activation_checkpointing=cfg.gradient_checkpointing,  # transformers>=5 name of gradient checkpointing
-        packing=cfg.packing, packing_strategy="bfd_split",
+        packing=cfg.packing, packing_strategy="bfd_split", train_sampling_strategy=cfg.train_sampling_strategy,
         dataset_text_field="text", assistant_only_loss=cfg.mode == "sft" and not last_turn_only,
         deepspeed=deepspeed_config_path(cfg.deepspeed), use_liger_kernel=cfg.use_liger_kernel,
         logging_steps=cfg.logging_steps, save_strategy=cfg.save_strategy, save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
-        eval_strategy="steps" if evalset is not None else "no", eval_steps=cfg.eval_steps or cfg.save_steps,
+        eval_strategy="steps" if cfg.eval_file else "no", eval_steps=cfg.eval_steps or cfg.save_steps,
         dataloader_num_workers=cfg.dataloader_num_workers, dataset_num_proc=cfg.dataset_num_proc,
         report_to=cfg.report_to, run_name=cfg.run_name,
         include_num_input_tokens_seen=True, use_cpu=not use_gpu,
+        # Every trainable parameter (all weights, or LoRA's A/B on every linear layer) is used in every forward:
+        # no search for unused ones. transformers would turn it on for a PeftModel (not a PreTrainedModel).
+        ddp_find_unused_parameters=False,
     )
+    # The datasets cache lives on shared storage (HF_HOME): global rank 0 reads and tokenizes first, the other
+    # ranks then load its cache instead of writing the same files at once. The process group exists from here.
+    with args.main_process_first(local=False, desc="reading and tokenizing the datasets"):
+        writes = args.process_index == 0
+        train = check_lengths(load_rows(cfg.train_file, cfg.mode), tokenizer, cfg, chat_template, cfg.train_file,
+                              writes)
+        evalset = (check_lengths(load_rows(cfg.eval_file, cfg.mode), tokenizer, cfg, chat_template,
+                                 cfg.eval_file, writes) if cfg.eval_file else None)
+        log.info("rank %d: datasets ready (%d train rows)", args.process_index, len(train))
+    if last_turn_only:
+        train = to_prompt_completion(train)
+        evalset = to_prompt_completion(evalset) if evalset is not None else None
+    elif chat_template:  # TRL builds the assistant mask from the tokenizer's template
+        tokenizer.chat_template = chat_template
     # Loaded after SFTConfig on purpose: with a ZeRO-3 config alive, from_pretrained partitions the weights across
     # ranks while loading (deepspeed.zero.Init) instead of materialising the whole model in every process.
     model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, dtype=getattr(torch, cfg.model_dtype),

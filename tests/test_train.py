@@ -302,3 +302,50 @@ def test_packed_cpt_rows_isolate_their_samples(tiny_env, tmp_path):
         assert torch.allclose(packed[a:b - 1], alone, atol=1e-4), (a, b)
         gaps.append((cached[a:b - 1] - alone).abs().max().item())
     assert max(gaps[1:]) > 1e-2  # the check can fail: with a cache the later samples see the earlier ones
+
+
+def test_attention_for_packed_rows():
+    from loganalyzer.train import attention_for
+
+    # no flash-attn here: a packed (padding-free) row on a GPU gets flex_attention's block mask, not SDPA's dense one
+    assert __import__("importlib").util.find_spec("flash_attn") is None
+    assert attention_for(gpu=True, packing=True) == "flex_attention"
+    assert attention_for(gpu=True, packing=False) == "sdpa"
+    assert attention_for(gpu=False, packing=True) == "sdpa"  # torch 2.13: FlexAttention has no CPU backward
+
+
+def test_flex_attention_keeps_packed_samples_apart_without_a_dense_mask(tiny_env):
+    """transformers 5.23 masking_utils.create_causal_mask on a padding-free row (position_ids, no attention mask):
+    SDPA gets a dense (1, 1, N, N) mask, flex_attention a BlockMask whose blocks between samples are skipped. The
+    flex forward on that row gives each sample the same per-token loss as alone (forward only: CPU)."""
+    import torch
+    from torch.nn.attention.flex_attention import BlockMask
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.masking_utils import create_causal_mask
+
+    n, lengths = 8192, [3000, 2000, 3192]
+    pos = torch.cat([torch.arange(k) for k in lengths])[None]
+    config = AutoConfig.from_pretrained(tiny_env["model"])
+    embeds = torch.zeros(1, n, config.hidden_size)
+    masks = {}
+    for impl in ("sdpa", "flex_attention"):
+        config._attn_implementation = impl
+        masks[impl] = create_causal_mask(config=config, inputs_embeds=embeds, attention_mask=None,
+                                         past_key_values=None, position_ids=pos)
+    assert isinstance(masks["sdpa"], torch.Tensor) and masks["sdpa"].shape == (1, 1, n, n)  # what we avoid
+    block = masks["flex_attention"]
+    assert isinstance(block, BlockMask) and block.shape == (1, 1, n, n)
+    assert not any(isinstance(t, torch.Tensor) and t.numel() >= n * n for t in block.as_tuple())
+    dense_blocks = (n // block.BLOCK_SIZE[0]) ** 2
+    assert block.kv_num_blocks.sum() + block.full_kv_num_blocks.sum() < dense_blocks / 2  # causal + per sample
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_env["model"], attn_implementation="flex_attention").eval()
+    model.config.use_cache = False
+    ids = torch.randint(0, config.vocab_size, (1, 96))
+    short = [40, 30, 26]
+    packed = _per_token_losses(model, ids, torch.cat([torch.arange(k) for k in short])[None])
+    start = 0
+    for k in short:
+        alone = _per_token_losses(model, ids[:, start:start + k])
+        assert torch.allclose(packed[start:start + k - 1], alone, atol=1e-4), (start, k)
+        start += k

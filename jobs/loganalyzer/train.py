@@ -8,9 +8,10 @@ and DeepSpeed JSON come from the launcher and the recipe, never from this code.
 Built on TRL's ``SFTTrainer`` (+ peft LoRA, + the HF DeepSpeed integration). CPT packs ``text`` rows
 (best-fit decreasing, overflow split, no token lost); SFT trains on assistant tokens only (TRL's assistant
 mask from a ``{% generation %}`` chat template). Liger kernels and flash-attention are used when installed on a
-GPU, SDPA otherwise. Checkpoints go to ``<output_dir>/checkpoints`` every ``save_steps``; once every rank has
-written its part, rank 0 adds ``COMPLETE_MARKER``, and ``resume: auto`` continues from the newest checkpoint that
-has it (a pod killed mid-save leaves one without: it is skipped, not resumed into a crash loop). The final model
+GPU (packed rows without flash-attention: flex_attention, see ``attention_for``), SDPA otherwise. Checkpoints go
+to ``<output_dir>/checkpoints`` every ``save_steps``; once every rank has written its part, rank 0 adds
+``COMPLETE_MARKER``, and ``resume: auto`` continues from the newest checkpoint that has it (a pod killed mid-save
+leaves one without: it is skipped, not resumed into a crash loop). The final model
 (LoRA merged when ``merge_adapter``) is saved at ``<output_dir>`` with its tokenizer and original chat template,
 loadable by ``AutoModelForCausalLM.from_pretrained``.
 
@@ -79,7 +80,8 @@ class TrainConfig(StageConfig):
     lora_target_modules: str | list[str] = "all-linear"
     merge_adapter: bool = Field(True, description="merge LoRA into the base weights for the saved model")
     # Runtime
-    attn_implementation: str = Field("auto", description="auto: flash_attention_2 on GPU when installed, else sdpa")
+    attn_implementation: str = Field("auto", description="auto: flash_attention_2 on GPU when installed, else "
+                                                         "flex_attention for packed rows on GPU, else sdpa")
     use_liger_kernel: Literal["auto", True, False] = "auto"
     logging_steps: int = Field(10, ge=1)
     save_strategy: Literal["steps", "no"] = Field(
@@ -117,7 +119,7 @@ def _on_gpu() -> bool:
 
 def effective(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with every ``auto`` resolved to what this machine runs: ``bf16`` (GPU, or a bf16-capable CPU),
-    ``model_dtype``, ``attn_implementation`` (flash_attention_2 on a GPU when installed, else sdpa) and
+    ``model_dtype``, ``attn_implementation`` (``attention_for``) and
     ``use_liger_kernel`` (on a GPU when installed). This is the config that is logged and saved."""
     from loganalyzer.hardware import cpu_supports_bf16
 
@@ -128,7 +130,7 @@ def effective(cfg: TrainConfig) -> TrainConfig:
         dtype = "bfloat16" if bf16 and (gpu or cfg.lora) else "float32"
     attn = cfg.attn_implementation
     if attn == "auto":
-        attn = "flash_attention_2" if gpu and importlib.util.find_spec("flash_attn") else "sdpa"
+        attn = attention_for(gpu, cfg.packing)
     # Liger under TRL 1.16: its fused RMSNorm, RoPE and SwiGLU kernels only. TRL turns Liger's fused linear
     # cross-entropy off (sft_trainer.py) because its own chunked LM head already computes the loss without the
     # full logits; `use_liger_kernel` is deprecated there (removal in TRL 2) in favour of Hub kernels, which an
@@ -138,6 +140,22 @@ def effective(cfg: TrainConfig) -> TrainConfig:
         liger = gpu and importlib.util.find_spec("liger_kernel") is not None
     return cfg.model_copy(update={"bf16": bf16, "model_dtype": dtype, "attn_implementation": attn,
                                   "use_liger_kernel": liger})
+
+
+def attention_for(gpu: bool, packing: bool) -> str:
+    """The attention implementation for ``attn_implementation: auto``.
+
+    Packing makes TRL's collator padding-free (``sft_trainer.py``: on for ``bfd``/``bfd_split``): a micro-batch is
+    one row of every packed token (8 x 8192 = 65,536 for CPT) with ``position_ids`` restarting per sample and no
+    attention mask. flash-attention keeps the samples apart from the position ids alone. Without it,
+    transformers' SDPA path (``masking_utils.py`` ``sdpa_mask``) materialises a dense (1, 1, N, N) block-diagonal
+    mask (4 GiB of bools for that row) and computes all N² scores, while ``flex_attention`` builds a sparse
+    ``BlockMask`` and skips the blocks between samples: the GPU choice without flash-attn. On CPU, torch 2.13's
+    FlexAttention has no backward, so SDPA stays (the demo's rows are short).
+    """
+    if gpu and importlib.util.find_spec("flash_attn"):
+        return "flash_attention_2"
+    return "flex_attention" if gpu and packing else "sdpa"
 
 
 LAST_TURN = "last_turn"

@@ -286,6 +286,8 @@ class _Resp:
 
 
 def test_log_follower_survives_a_restart_and_a_reconnect(capsys):
+    """kubeflow-training's TrainingClient.get_job_logs(follow=True) (sdk/python/kubeflow/training/api/
+    training_client.py) opens one stream per pod and stops when it ends, i.e. at the first container restart."""
     from loganalyzer.launch import _LogFollower
 
     first = ["2026-12-01T10:00:00.000000001Z step 1", "2026-12-01T10:00:01.000000000Z step 2"]

@@ -121,6 +121,7 @@ def test_cpt_pytorchjob_topologies(renderings):
             pod = r["template"]["spec"]
             c = pod["containers"][0]
             assert c["name"] == "pytorch" and c["command"] == ["torchrun", "--module", "loganalyzer.train"]
+            assert {"name": "PYTORCH_CUDA_ALLOC_CONF", "value": "expandable_segments:True"} in c["env"], name
             assert c["resources"]["limits"]["nvidia.com/gpu"] == str(nproc)
             shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
             assert shm["emptyDir"]["medium"] == "Memory"

@@ -248,6 +248,9 @@ def test_pipeline_run_refuses_a_namespace_standalone_kfp_ignores(fake_kfp):
 
 
 def test_pipeline_run_needs_a_registry(fake_kfp, monkeypatch):
+    """An image name without a registry is pulled from Docker Hub's library (distribution/reference
+    normalize.go: "loganalyzer-jobs:0.1.0" -> docker.io/library/loganalyzer-jobs:0.1.0), so a run refuses one, and
+    the placeholder registry the committed YAML names."""
     host, calls = fake_kfp
     env = {k: v for k, v in os.environ.items() if k != "LOGANALYZER_IMAGE_REGISTRY"}
     for registry in ([], ["--image-registry", "registry.example.com/loganalyzer"]):

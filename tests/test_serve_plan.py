@@ -35,7 +35,8 @@ def test_plan_for_the_seed_recipes():
     # ZeRO-3 shards 18 B/param over 8 GPUs: ~17 GiB + the largest layer.
     assert 16 < cpt["memory_per_gpu_gib"]["model_states"] < 22
     # activations of 8 x 8192 tokens with checkpointing: 2·s·b·h·32 + 34·s·b·h (~49 GiB), and TRL's chunked LM
-    # head adds ~0.5 GiB, not the 31 GiB of full fp32 logits (4·s·b·V) it replaced
+    # head adds ~0.5 GiB, not the 31 GiB of full fp32 logits (4·s·b·V): TRL 1.16 sft_trainer.py always patches
+    # the model with add_fused_lm_head and turns Liger's fused cross-entropy off (trl/kernels/chunked_logprob.py)
     sbh = 8 * 8192 * 4096
     kept = (2 * sbh * 32 + 34 * sbh) / 2**30
     assert kept < cpt["memory_per_gpu_gib"]["activations_rough"] < kept + 1

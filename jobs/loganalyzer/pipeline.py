@@ -73,7 +73,11 @@ def _environ(values: dict[str, str]):
 
 
 def compile_pipeline(out: Path = COMPILED, registry: str | None = None, tag: str | None = None) -> Path:
-    version = load_definition(registry, tag).compile_cluster(str(out))
+    definition = load_definition(registry, tag)
+    version = definition.compile_cluster(str(out))
+    if definition.REGISTRY == definition.PLACEHOLDER_REGISTRY:
+        log.warning("the images name the placeholder registry %s: to run it, register the pipeline with "
+                    "`make deploy IMAGE_REGISTRY=...` (or compile with --image-registry)", definition.REGISTRY)
     log.info("wrote %s, PipelineVersion %s (kubectl apply -n <KFP's namespace> -f %s registers it)", out, version,
              out)
     return out

@@ -140,6 +140,13 @@ def test_bundle_installs_the_overlay_where_kfp_runs(tmp_path, overlay):
         bundle(tmp_path / "c", overlay, "kubeflow", "")
 
 
+def test_bundle_server_side_dry_run(kube, tmp_path):
+    out = bundle(tmp_path / "b", "production", "kubeflow", "registry.test/ml")
+    kube.ensure_namespace("kubeflow")
+    result = kube.dry_run(kustomize(out) + load_all((out / "cpt-finetune.yaml").read_text()), "kubeflow")
+    assert result.returncode == 0, result.stderr
+
+
 def test_committed_yaml_is_a_pipeline_and_version():
     docs = load_all(COMPILED.read_text())
     assert [(d["apiVersion"], d["kind"]) for d in docs] == [("pipelines.kubeflow.org/v2beta1", "Pipeline"),

@@ -148,11 +148,12 @@ def evaluate(test: str, base: str, sft: str, cpt_sft: str, run_dir: str, max_new
 
 @component(base_image=JOBS_IMAGE)
 def deploy(name: str, model_dir: str, models_pvc: str, models_root: str, namespace: str, serve_lora: bool,
-           lora_base_dir: str) -> str:
+           lora_base_dir: str, deployment_mode: str) -> str:
     from loganalyzer import steps
 
     steps.use_tracking("", "", "")
-    url = steps.deploy(name, model_dir, models_pvc, models_root, namespace, lora_base_dir if serve_lora else "")
+    url = steps.deploy(name, model_dir, models_pvc, models_root, namespace, lora_base_dir if serve_lora else "",
+                       deployment_mode=deployment_mode)
     print(f"inference URL: {url}")  # also the task's output, shown in the run's UI
     return url
 
@@ -215,6 +216,7 @@ def build(target: str = "local"):
         namespace: str = "",
         serve_name: str = "loganalyzer-chat",
         serve_lora: bool = False,
+        serve_deployment_mode: str = "Standard",
         eval_max_new_tokens: int = 512,
         eval_limit: int = 0,
         seed: int = 1309,
@@ -271,7 +273,8 @@ def build(target: str = "local"):
             report.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
             # the merged cpt_sft model, or (serve_lora) its adapter on top of the CPT model it was trained from
             task(deploy(name=serve_name, model_dir=cpt_sft.output, models_pvc=MODELS_PVC, models_root=MODELS_ROOT,
-                        namespace=namespace, serve_lora=serve_lora, lora_base_dir=cpt.output).after(report))
+                        namespace=namespace, serve_lora=serve_lora, lora_base_dir=cpt.output,
+                        deployment_mode=serve_deployment_mode).after(report))
 
     return cpt_finetune
 

@@ -72,8 +72,10 @@ def test_cluster_dag(definition, tmp_path):
     engines = {names[n]: tasks[n]["inputs"]["parameters"]["engine"] for n in names if n.startswith("launch-training")}
     assert engines["cpt"] == {"runtimeValue": {"constant": "pytorchjob"}}
     assert engines["sft"] == engines["cpt-sft"] == {"componentInputParameter": "sft_engine"}
-    # serves the cpt_sft model (or its adapter on the CPT model), after evaluation
+    # serves the cpt_sft model (or its adapter on the CPT model), after evaluation, in the mode asked for
     assert deps["deploy"] == {"evaluate", "launch-training", "launch-training-2"}
+    assert tasks["deploy"]["inputs"]["parameters"]["deployment_mode"] == \
+        {"componentInputParameter": "serve_deployment_mode"}
     executors = spec["deploymentSpec"]["executors"]
     assert executors["exec-evaluate"]["container"]["image"] == \
         "registry.example.com/loganalyzer/loganalyzer-train:0.1.0"

@@ -185,19 +185,19 @@ def launch_training(name: str, recipe: str, model: str, train_file: str, eval_fi
 
 
 def deploy(name: str, model_dir: str, models_pvc: str, models_root: str, namespace: str,
-           lora_base_dir: str = "") -> str:
-    """Serve ``model_dir`` (a path under the models PVC mount) with a KServe InferenceService; return its
-    OpenAI-compatible base URL. With ``lora_base_dir``: serve ``model_dir/adapter`` on top of that base instead of
-    the merged model."""
+           lora_base_dir: str = "", deployment_mode: str = "Standard") -> str:
+    """Serve ``model_dir`` (a path under the models PVC mount) with a KServe InferenceService in
+    ``deployment_mode`` (Standard or Knative); return its cluster-local OpenAI-compatible base URL. With
+    ``lora_base_dir``: serve ``model_dir/adapter`` on top of that base instead of the merged model."""
     from loganalyzer.deploy import DeployConfig, run
     from loganalyzer.train import ADAPTER_DIR
 
     def uri(path: str) -> str:
         return f"pvc://{models_pvc}/{Path(path).relative_to(models_root)}"
 
+    common = dict(name=name, namespace=_namespace(namespace), deployment_mode=deployment_mode)
     if lora_base_dir:
-        cfg = DeployConfig(name=name, storage_uri=uri(lora_base_dir), adapter_uri=uri(f"{model_dir}/{ADAPTER_DIR}"),
-                           namespace=_namespace(namespace))
+        cfg = DeployConfig(storage_uri=uri(lora_base_dir), adapter_uri=uri(f"{model_dir}/{ADAPTER_DIR}"), **common)
     else:
-        cfg = DeployConfig(name=name, storage_uri=uri(model_dir), namespace=_namespace(namespace))
+        cfg = DeployConfig(storage_uri=uri(model_dir), **common)
     return run(cfg)

@@ -70,7 +70,7 @@ images: ## docker build IMAGE_REGISTRY/loganalyzer-{jobs,train,chatbot}:TAG (nee
 	for i in $(IMAGES); do docker build -f images/$$i/Dockerfile -t $(IMAGE_PREFIX)loganalyzer-$$i:$(TAG) . || exit 1; done
 
 pipeline: install ## compile pipelines/cpt-finetune.yaml (committed: images under a placeholder registry)
-	$(BIN)/loganalyzer pipeline compile --tag $(TAG)
+	LOGANALYZER_IMAGE_REGISTRY= $(BIN)/loganalyzer pipeline compile --tag $(TAG)
 
 manifests: ## copy jobs/configs into manifests/base/configs and the chart's files/configs (a test checks them)
 	for d in manifests/base/configs charts/loganalyzer/files/configs; do \

@@ -288,6 +288,7 @@ def compile_cluster(path: str) -> str:
     """
     import hashlib
     import json
+    import re
     from pathlib import Path
 
     import yaml
@@ -304,7 +305,9 @@ def compile_cluster(path: str) -> str:
     version = next(d for d in yaml.safe_load_all(text) if d["kind"] == "PipelineVersion")
     content = {k: v for k, v in version["spec"].items() if k != "displayName"}
     digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:10]
-    name = f"loganalyzer-cpt-finetune-{TAG.replace('.', '-').lower()}-{digest}"
-    assert text.count(pending) == 2, "expected the version name in metadata.name and spec.displayName only"
+    tag = re.sub(r"[^a-z0-9]+", "-", TAG.lower()).strip("-")  # a DNS label: 0.1.0 -> 0-1-0, 1.0+rc1 -> 1-0-rc1
+    name = f"loganalyzer-cpt-finetune-{tag[:24].rstrip('-')}-{digest}"  # at most 63 characters
+    if text.count(pending) != 2:  # KFP's compiler changed where it writes the version name
+        raise RuntimeError(f"expected the version name twice (metadata.name, spec.displayName) in {path}")
     Path(path).write_text(text.replace(pending, name))
     return name

@@ -371,7 +371,7 @@ def test_inferenceservice_create_then_update(cluster, kserve_client):
     model = isvc["spec"]["predictor"]["model"]
     assert model["modelFormat"] == {"name": "huggingface"} and model["storageUri"].startswith("pvc://")
     assert model["resources"]["limits"] == {"nvidia.com/gpu": "1", "cpu": "8", "memory": "64Gi"}
-    assert isvc["metadata"]["annotations"] == {"serving.kserve.io/deploymentMode": "Standard"}
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
     _patch_status(api, ISVC, "t-chat", _ready("True", isvc["metadata"]["generation"]))
     t.join(30)
     assert box.get("result") == f"{LOCAL}/openai/v1", box
@@ -389,6 +389,26 @@ def test_inferenceservice_create_then_update(cluster, kserve_client):
     t.join(30)
     assert box.get("result") == f"{LOCAL}/openai/v1", box
 
+
+def test_inferenceservice_in_another_mode_is_recreated(cluster, kserve_client):
+    """KServe refuses to change an existing service's mode ("update rejected: deploymentMode cannot be changed";
+    kserve v0.20 inference_service_validation.go validateDeploymentMode): deploy deletes and recreates it."""
+    api, _ = cluster
+    t, box = _in_thread(deploy, _deploy_cfg("t-mode", deployment_mode="Knative"), kserve_client)
+    old = _wait_for(api, ISVC, "t-mode")
+    _patch_status(api, ISVC, "t-mode", {**_ready("True", old["metadata"]["generation"]),
+                                        "status": {**_ready("True", 1)["status"], "deploymentMode": "Knative"}})
+    t.join(30)
+    assert "error" not in box, box
+    t, box = _in_thread(deploy, _deploy_cfg("t-mode"), kserve_client)
+    deadline = time.monotonic() + 30
+    while (new := _wait_for(api, ISVC, "t-mode"))["metadata"]["uid"] == old["metadata"]["uid"]:
+        assert time.monotonic() < deadline, "not recreated"
+        time.sleep(0.1)
+    assert new["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    _patch_status(api, ISVC, "t-mode", _ready("True", new["metadata"]["generation"]))
+    t.join(30)
+    assert box.get("result") == f"{LOCAL}/openai/v1", box
 
 def test_inferenceservice_lora_mode():
     from loganalyzer.deploy import runtime_args

@@ -117,6 +117,8 @@ def test_cpt_pytorchjob_topologies(renderings):
             assert "elasticPolicy" not in cpt["spec"], name
         if name.startswith("overlays/production"):  # components/gpu-nodes, also after cpt-2x4 moved the replica
             assert only["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}, name
+            evaluate = by_kind(renderings[name], "Job")["loganalyzer-evaluate"]["spec"]["template"]["spec"]
+            assert evaluate["nodeSelector"] == {"nvidia.com/gpu.present": "true"}, name
         for r in replicas.values():
             pod = r["template"]["spec"]
             c = pod["containers"][0]
@@ -159,7 +161,7 @@ def test_serving_component_matches_the_deploy_step(renderings):
     env = {e["name"]: e.get("value") for e in chatbot["env"]}
     # Standard mode: the Service <name>-predictor on port 80 (kserve service_reconciler.go), in the chatbot's own
     # namespace, whichever the overlay sets
-    assert isvc["metadata"]["annotations"] == {"serving.kserve.io/deploymentMode": "Standard"}
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
     assert env["LOGANALYZER_ENDPOINT"] == f"http://{isvc['metadata']['name']}-predictor/openai/v1"
     assert f"--model_name={env['LOGANALYZER_MODEL']}" in isvc["spec"]["predictor"]["model"]["args"]
     assert chatbot["image"].startswith("registry.example.com/loganalyzer/loganalyzer-chatbot:")
@@ -179,7 +181,8 @@ def test_chart_serving_matches_the_deploy_step_in_lora_mode(renderings):
     built = to_dict(inference_service(DeployConfig(
         name=isvc["metadata"]["name"], storage_uri=f"pvc://loganalyzer-models/{values['serving']['modelPath']}",
         adapter_uri=f"pvc://loganalyzer-models/{values['serving']['adapterPath']}",
-        max_replicas=values["serving"]["maxReplicas"], node_selector=values["placement"]["gpu"]["nodeSelector"],
+        min_replicas=values["serving"]["minReplicas"], max_replicas=values["serving"]["maxReplicas"],
+        node_selector=values["placement"]["gpu"]["nodeSelector"],
         tolerations=values["placement"]["gpu"]["tolerations"])))
     assert isvc["spec"] == built["spec"]
     chatbot = by_kind(docs, "Deployment")["loganalyzer-chatbot"]["spec"]["template"]["spec"]["containers"][0]
@@ -194,6 +197,8 @@ def _knative_rejects(pod: dict) -> list[str]:
     readOnlyRootFilesystem, runAsUser, runAsGroup, runAsNonRoot, allowPrivilegeEscalation, seccompProfile and
     privileged=false; pkg/apis/config/features.go: emptyDir volumes on)."""
     out = [f"pod securityContext.{k}" for k in pod.get("securityContext") or {}]
+    # kubernetes.podspec-nodeselector, -tolerations, -affinity: Disabled by default (features.go)
+    out += [f"pod {k}" for k in ("nodeSelector", "tolerations", "affinity") if pod.get(k)]
     allowed = {"capabilities", "readOnlyRootFilesystem", "runAsUser", "runAsGroup", "runAsNonRoot",
                "allowPrivilegeEscalation", "seccompProfile", "privileged"}
     for c in pod["containers"]:
@@ -218,6 +223,21 @@ def test_knative_mode_sets_only_what_knative_accepts(renderings):
     assert _knative_rejects(pod_specs(standard)[0]), "the rule must catch a pod-level security context"
     assert _knative_rejects(pod_specs(knative)[0]) == []
     assert knative["metadata"]["annotations"] == {"serving.kserve.io/deploymentMode": "Knative"}
+    assert knative["spec"]["predictor"]["scaleMetric"] == "concurrency"
+    # Standard: a fixed replica count and no HPA; KServe's HPA would scale a GPU server on CPU load
+    # (hpa_reconciler.go: only cpu and memory map to a metric; "concurrency" gives an HPA with none)
+    assert standard["metadata"]["annotations"] == {"serving.kserve.io/deploymentMode": "Standard",
+                                                   "serving.kserve.io/autoscalerClass": "none"}
+    assert "scaleMetric" not in standard["spec"]["predictor"]
+    with pytest.raises(ValueError, match="fixed number of replicas"):
+        DeployConfig(name="c", storage_uri="pvc://m/x", max_replicas=3)
+    assert DeployConfig(name="c", storage_uri="pvc://m/x", deployment_mode="Knative", min_replicas=0).knative
+    result = helm("template", "x", str(CHART), "--set", "serving.enabled=true", "--set", "serving.maxReplicas=3",
+                  check=False)
+    assert result.returncode != 0 and "fixed number of replicas" in result.stderr
+    placed = to_dict(inference_service(DeployConfig(name="c", storage_uri="pvc://m/x", deployment_mode="Knative",
+                                                    node_selector={"pool": "gpu"})))
+    assert _knative_rejects(pod_specs(placed)[0]) == ["pod nodeSelector"]  # what the deploy warning is about
     for doc in (standard, knative):  # both modes: Pod Security restricted, UID 1000, read-only root
         assert security_problems(doc) == []
     # the chart renders the same object in Knative mode, and points the chatbot at its address
@@ -228,8 +248,9 @@ def test_knative_mode_sets_only_what_knative_accepts(renderings):
         name="loganalyzer-chat", storage_uri="pvc://loganalyzer-models/default/cpt_sft",
         deployment_mode="Knative")))["spec"]
     chatbot = by_kind(docs, "Deployment")["loganalyzer-chatbot"]["spec"]["template"]["spec"]["containers"][0]
+    # <isvc>-predictor exists in both modes: a Service (Standard) or the predictor's Knative Service
     assert {"name": "LOGANALYZER_ENDPOINT",
-            "value": "http://loganalyzer-chat.loganalyzer.svc.cluster.local/openai/v1"} in chatbot["env"]
+            "value": "http://loganalyzer-chat-predictor.loganalyzer.svc.cluster.local/openai/v1"} in chatbot["env"]
 
 
 # kserve v0.20 config/runtimes/kserve-huggingfaceserver.yaml: the runtime container's own resources

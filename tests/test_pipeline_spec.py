@@ -117,6 +117,10 @@ def test_version_name_follows_the_spec(tmp_path):
         assert f"image: {registry}/loganalyzer-jobs:0.1.0" in out.read_text()
     assert names["a"] == names["b"] != names["c"]
     assert re.fullmatch(r"loganalyzer-cpt-finetune-0-1-0-[0-9a-f]{10}", names["a"]) and len(names["a"]) <= 63
+    odd = tmp_path / "odd.yaml"  # a tag that is no DNS label still gives a valid, digest-carrying name
+    compile_pipeline(odd, registry="registry.test/one", tag="1.0.0+rc.1-a-very-long-build-metadata-suffix")
+    odd_name = load_all(odd.read_text())[1]["metadata"]["name"]
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", odd_name) and re.search(r"-[0-9a-f]{10}$", odd_name)
     committed = load_all(COMPILED.read_text())[1]
     assert committed["metadata"]["name"] not in names.values()  # the placeholder registry: another version
     assert "image: registry.example.com/loganalyzer/loganalyzer-jobs:0.1.0" in COMPILED.read_text()

@@ -35,11 +35,12 @@ def test_plan_for_the_seed_recipes():
     # ZeRO-3 shards 18 B/param over 8 GPUs: ~17 GiB + the largest layer.
     assert 16 < cpt["memory_per_gpu_gib"]["model_states"] < 22
     # activations of 8 x 8192 tokens with checkpointing: 2·s·b·h·32 + 34·s·b·h (~49 GiB), and TRL's chunked LM
-    # head adds ~0.5 GiB, not the 31 GiB of full fp32 logits (4·s·b·V): TRL 1.16 sft_trainer.py always patches
-    # the model with add_fused_lm_head and turns Liger's fused cross-entropy off (trl/kernels/chunked_logprob.py)
+    # head: a 0.5 GiB tile, 1 GiB of hidden-state gradient and 3 GiB for the trained head's gradient and gathered
+    # weights, not the 31 GiB of full fp32 logits (4·s·b·V): TRL 1.16 sft_trainer.py always patches the model with
+    # add_fused_lm_head and turns Liger's fused cross-entropy off (trl/kernels/chunked_logprob.py)
     sbh = 8 * 8192 * 4096
     kept = (2 * sbh * 32 + 34 * sbh) / 2**30
-    assert kept < cpt["memory_per_gpu_gib"]["activations_rough"] < kept + 1
+    assert kept + 4 < cpt["memory_per_gpu_gib"]["activations_rough"] < kept + 6
     sft = plan(PlanConfig(recipe=str(ROOT / "jobs/configs/sft_lora.yaml"), gpus_per_node=4, dataset_samples=8971,
                           dataset_tokens=40_000_000))
     assert sft["trainable_parameters"] == 41_943_040  # LoRA r16 on every linear layer of Llama-3.1-8B

@@ -95,8 +95,9 @@ def test_last_complete_checkpoint_skips_unmarked_and_foreign_dirs(tmp_path):
 @pytest.mark.integration
 def test_two_ranks_lora_ddp_tokenize_once_then_train(tiny_env, tmp_path):
     """torchrun with 2 CPU ranks (gloo), as a PyTorchJob replica runs 8: rank 0 prepares the datasets before rank 1
-    starts (transformers training_args.py main_process_first: the other ranks wait at a barrier; our reading and
-    tokenizing ran before any process group existed), and LoRA under DDP trains with find_unused_parameters off
+    starts (transformers training_args.py main_process_first: the other ranks wait at a barrier; before, every rank
+    read and tokenized at once, before any process group existed), and LoRA under DDP trains with
+    find_unused_parameters off
     (DDP raises at the next step if a trainable parameter got no gradient)."""
     out = tmp_path / "sft"
     env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}

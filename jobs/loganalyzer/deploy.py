@@ -16,10 +16,15 @@ exits 1 with the Ready condition's reason and message. The URL returned is the c
 (``status.address.url``, what the chatbot and the pipeline use); the external ``status.url`` is logged.
 
 Deployment mode (annotation ``serving.kserve.io/deploymentMode``, always set): ``Standard`` (default; a Deployment
-and a Service ``<name>-predictor``, on every KServe install) or ``Knative`` (serverless, scale to zero). Knative's
-webhook refuses pod-level ``runAsUser``/``runAsGroup``/``runAsNonRoot``/``fsGroup``/``seccompProfile`` unless the
-``kubernetes.podspec-securitycontext`` feature is on (knative/serving ``pkg/apis/serving/fieldmask.go``), so in
-that mode the same identity goes on the container, whose fields Knative allows.
+and a Service ``<name>-predictor``; needs no Knative) runs ``min_replicas`` = ``max_replicas`` replicas with no
+HPA (``serving.kserve.io/autoscalerClass: none``): KServe's HPA scales on CPU or memory only, which says nothing
+about a GPU server's load. ``Knative`` (serverless) autoscales on concurrent requests (``scale_target``) and can
+scale to zero. Knative's webhook refuses pod-level ``runAsUser``/``runAsGroup``/``runAsNonRoot``/``fsGroup``/
+``seccompProfile`` unless the ``kubernetes.podspec-securitycontext`` feature is on (knative/serving
+``pkg/apis/serving/fieldmask.go``), so in that mode the same identity goes on the container, whose fields Knative
+allows; it also refuses ``nodeSelector``/``tolerations`` unless their features are on (a warning says so). KServe
+refuses to change the mode of an existing service, so a service in the other mode is deleted and recreated.
+``RawDeployment``/``Serverless``, the modes' former names, are accepted for older KServe releases.
 
 Resources: KServe merges this container onto the ServingRuntime's (``pkg/utils/container_merge.go``, a strategic
 merge key by key), and the Hugging Face runtime limits itself to 1 CPU / 2 GiB: ``cpu`` and ``memory`` are set as
@@ -30,10 +35,11 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Literal
 
 from kubernetes import client as k8s
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from loganalyzer import k8s as kube
 from loganalyzer.config import StageConfig, parse_config
@@ -51,15 +57,20 @@ class DeployConfig(StageConfig):
     served_model_name: str = Field(default="loganalyzer", description="model name clients send in requests")
     max_model_len: int = Field(default=8192, gt=0, description="context length the server allocates for")
     gpus: int = Field(default=1, ge=0, description="nvidia.com/gpu for the predictor (0: CPU backend)")
-    cpu: str = Field(default="8", description="CPU request and limit (replaces the runtime's 1-CPU limit)")
-    memory: str = Field(default="64Gi", description="memory request and limit (vLLM loading an 8B model in bf16 "
-                                                     "needs far more than the runtime's 2Gi)")
-    deployment_mode: Literal["Standard", "Knative"] = Field(
-        default="Standard", description="KServe mode: Standard (Deployment + Service, any install) or Knative "
-                                        "(serverless; the security context moves to the container)")
-    min_replicas: int = Field(default=1, ge=0, description="autoscaling lower bound (0: scale to zero)")
-    max_replicas: int = Field(default=1, ge=1, description="autoscaling upper bound")
-    scale_target: int = Field(default=8, ge=1, description="concurrent requests per replica before scaling out")
+    cpu: str | None = Field(default=None, description="CPU request and limit, replacing the runtime's 1-CPU limit "
+                                                      "(default 8 with a GPU, 2 without)")
+    memory: str | None = Field(default=None, description="memory request and limit, replacing the runtime's 2Gi "
+                                                         "(default 64Gi with a GPU: vLLM loads an 8B model in bf16 "
+                                                         "through host memory; 8Gi without)")
+    deployment_mode: Literal["Standard", "Knative", "RawDeployment", "Serverless"] = Field(
+        default="Standard", description="KServe mode: Standard (Deployment + Service) or Knative (serverless; the "
+                                        "security context moves to the container); RawDeployment / Serverless are "
+                                        "their names before KServe renamed them")
+    min_replicas: int = Field(default=1, ge=0, description="replicas (Standard), or Knative's autoscaling lower "
+                                                           "bound (0: scale to zero)")
+    max_replicas: int = Field(default=1, ge=1, description="Knative's autoscaling upper bound (Standard: = min)")
+    scale_target: int = Field(default=8, ge=1, description="Knative: concurrent requests per replica before "
+                                                           "scaling out")
     adapter_uri: str = Field(default="", description="LoRA mode: the adapter (pvc://<same claim>/<path>/adapter); "
                                                      "storage_uri is then the base model")
     runtime: str | None = Field(default=None, description="ServingRuntime name (unset: KServe picks by format)")
@@ -71,8 +82,23 @@ class DeployConfig(StageConfig):
     timeout_s: int = Field(default=1800, gt=0, description="fail when not Ready after this many seconds")
     poll_s: float = Field(default=10, gt=0, description="seconds between readiness checks")
 
+    @property
+    def knative(self) -> bool:
+        return self.deployment_mode in ("Knative", "Serverless")
+
+    @model_validator(mode="after")
+    def _standard_has_fixed_replicas(self):
+        # KServe's HPA for Standard mode scales on CPU or memory only (hpa_reconciler.go): a concurrency target
+        # would give an HPA with no metric, and nothing scales to zero. Request-driven scaling is Knative's.
+        if not self.knative and not 1 <= self.min_replicas == self.max_replicas:
+            raise ValueError(f"deployment_mode {self.deployment_mode} runs a fixed number of replicas: set "
+                             f"min_replicas = max_replicas >= 1 (got {self.min_replicas}..{self.max_replicas}), or "
+                             f"use deployment_mode=Knative for autoscaling on concurrent requests")
+        return self
+
 
 DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
+AUTOSCALER_CLASS = "serving.kserve.io/autoscalerClass"
 MOUNT = "/mnt/models"  # where KServe's storage initializer puts storage_uri
 PORT = 8080  # the Hugging Face runtime's HTTP port
 
@@ -103,8 +129,8 @@ def inference_service(cfg: DeployConfig):
     import kserve
 
     storage_uri, args = runtime_args(cfg)
-    knative = cfg.deployment_mode == "Knative"
-    requests = {"cpu": cfg.cpu, "memory": cfg.memory}
+    knative = cfg.knative
+    requests = {"cpu": cfg.cpu or ("8" if cfg.gpus else "2"), "memory": cfg.memory or ("64Gi" if cfg.gpus else "8Gi")}
     limits = dict(requests)
     if cfg.gpus:
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(cfg.gpus)
@@ -121,21 +147,45 @@ def inference_service(cfg: DeployConfig):
         resources=k8s.V1ResourceRequirements(requests=requests, limits=limits),
         readiness_probe=probe("/v2/health/ready", 60), liveness_probe=probe("/v2/health/live", 6),
         volume_mounts=mounts, security_context=kube.container_security_context(with_identity=knative))
+    scaling = dict(scale_metric="concurrency", scale_target=cfg.scale_target) if knative else {}
     predictor = kserve.V1beta1PredictorSpec(
-        model=model, min_replicas=cfg.min_replicas, max_replicas=cfg.max_replicas, scale_metric="concurrency",
-        scale_target=cfg.scale_target, volumes=volumes,
+        model=model, min_replicas=cfg.min_replicas, max_replicas=cfg.max_replicas, volumes=volumes,
         service_account_name=cfg.service_account,
         security_context=None if knative else kube.pod_security_context(),
-        node_selector=cfg.node_selector or None, tolerations=kube.tolerations(cfg.tolerations) or None)
+        node_selector=cfg.node_selector or None, tolerations=kube.tolerations(cfg.tolerations) or None, **scaling)
+    # Standard: a fixed replica count, so no HPA (autoscalerClass none) rather than one scaling GPUs on CPU load
+    annotations = {DEPLOYMENT_MODE: cfg.deployment_mode, **({} if knative else {AUTOSCALER_CLASS: "none"})}
     return kserve.V1beta1InferenceService(
         api_version="serving.kserve.io/v1beta1", kind="InferenceService",
         metadata=k8s.V1ObjectMeta(name=cfg.name, namespace=cfg.namespace, labels=kube.labels("serving"),
-                                  annotations={DEPLOYMENT_MODE: cfg.deployment_mode}),
+                                  annotations=annotations),
         spec=kserve.V1beta1InferenceServiceSpec(predictor=predictor))
 
 
 class NotReady(RuntimeError):
     """The InferenceService did not become Ready in time."""
+
+
+LEGACY_MODES = {"RawDeployment": "Standard", "Serverless": "Knative"}
+
+
+def _mode(isvc: dict) -> str | None:
+    """The KServe mode an InferenceService runs in (``status.deploymentMode`` once reconciled, else its
+    annotation), legacy names folded into the current ones; None when neither says."""
+    mode = (isvc.get("status") or {}).get("deploymentMode") or (isvc["metadata"].get("annotations") or {}).get(
+        DEPLOYMENT_MODE)
+    return LEGACY_MODES.get(mode, mode)
+
+
+def _wait_deleted(kc, cfg: DeployConfig, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            kc.get(cfg.name, namespace=cfg.namespace)
+        except RuntimeError:  # the SDK wraps "not found" like every other error
+            return
+        time.sleep(min(cfg.poll_s, 2))
+    raise NotReady(f"InferenceService {cfg.namespace}/{cfg.name} was not deleted within {timeout_s:.0f}s")
 
 
 def run(cfg: DeployConfig, kserve_client=None) -> str:
@@ -147,6 +197,9 @@ def run(cfg: DeployConfig, kserve_client=None) -> str:
 
     kc = kserve_client or KServeClient()
     isvc = inference_service(cfg)
+    if cfg.knative and (cfg.node_selector or cfg.tolerations):
+        log.warning("Knative refuses nodeSelector and tolerations unless its kubernetes.podspec-nodeselector and "
+                    "kubernetes.podspec-tolerations features are on (config-features ConfigMap)")
     try:
         current = kc.get(cfg.name, namespace=cfg.namespace)
     except RuntimeError as exc:  # the SDK wraps every API error; only "not found" means "create it"
@@ -156,6 +209,14 @@ def run(cfg: DeployConfig, kserve_client=None) -> str:
     if current is None:
         out = kc.create(isvc, namespace=cfg.namespace)
         log.info("created InferenceService %s/%s (%s)", cfg.namespace, cfg.name, cfg.storage_uri)
+    elif _mode(current) not in (None, _mode(kube.to_dict(isvc))):
+        # KServe's webhook refuses to change the mode of an existing service (inference_service_validation.go
+        # validateDeploymentMode): replace it
+        log.warning("InferenceService %s/%s runs in %s mode, %s asked: deleting and recreating it", cfg.namespace,
+                    cfg.name, _mode(current), cfg.deployment_mode)
+        kc.delete(cfg.name, namespace=cfg.namespace)
+        _wait_deleted(kc, cfg)
+        out = kc.create(isvc, namespace=cfg.namespace)
     else:
         isvc.metadata.resource_version = current["metadata"]["resourceVersion"]
         out = kc.replace(cfg.name, isvc, namespace=cfg.namespace)

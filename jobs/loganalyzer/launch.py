@@ -312,6 +312,13 @@ def run(cfg: LaunchConfig, client=None) -> dict:
         jobs.create()
         log.info("created %s: %d node(s) x %d process(es), image %s", where, cfg.nodes, cfg.nproc_per_node,
                  cfg.image)
+    try:
+        return _wait(jobs, cfg, where)
+    finally:
+        jobs.finished()  # stops the log follower on every way out
+
+
+def _wait(jobs, cfg: LaunchConfig, where: str) -> dict:
     deadline = time.monotonic() + cfg.timeout_s
     last = None
     while True:
@@ -323,10 +330,8 @@ def run(cfg: LaunchConfig, client=None) -> dict:
             log.info("%s: %s (%s)", where, state, detail)
             last = (state, detail)
         if state == "succeeded":
-            jobs.finished()
             return job
         if state == "failed":
-            jobs.finished()
             raise JobFailed(f"{where} failed: {detail}")
         if time.monotonic() >= deadline:
             jobs.delete()
@@ -373,18 +378,20 @@ class _LogFollower:
     def _follow(self) -> None:
         from kubernetes import watch
 
-        last = ""  # RFC 3339 timestamp of the last line printed; they sort as strings
+        last, seen = "", None  # RFC 3339 timestamp of the last line printed (they sort as strings), and when
         while not self._done.is_set():
             try:
                 pod = self._master_pod()
                 if pod:
+                    # reopened streams start shortly before the last line, not at the container's first one
+                    since = {"since_seconds": int(time.monotonic() - seen) + 2} if seen else {}
                     for line in watch.Watch().stream(self._core.read_namespaced_pod_log, name=pod,
                                                      namespace=self._cfg.namespace, container="pytorch",
-                                                     timestamps=True):
+                                                     timestamps=True, **since):
                         stamp, _, text = line.partition(" ")
                         if stamp > last:
                             print(f"[{pod}] {text}", flush=True)
-                            last = stamp
+                            last, seen = stamp, time.monotonic()
             except Exception as exc:  # logs are a convenience: never fail the launch over them
                 log.warning("log stream of %s interrupted (%s); retrying", self._cfg.name, exc)
             self._done.wait(self._retry_s)

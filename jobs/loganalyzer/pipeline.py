@@ -2,7 +2,7 @@
 
     loganalyzer pipeline compile [--out pipelines/cpt-finetune.yaml] [--image-registry R] [--tag T]
     loganalyzer pipeline run --host https://kubeflow.example.com/pipeline --namespace NS \\
-        --image-registry registry.example.com/loganalyzer base_model_name=/models/base cpt_nodes=2
+        --image-registry registry.acme.internal/ml base_model_name=/models/base cpt_nodes=2
 
 ``compile`` writes the cluster target of ``pipelines/cpt_finetune.py`` in KFP's Kubernetes manifest format
 (``Pipeline`` + ``PipelineVersion``, ``pipelines.kubeflow.org/v2beta1``), which ``kubectl apply -f`` registers
@@ -120,8 +120,9 @@ def bundle(out: Path, overlay: str, namespace: str, registry: str, tag: str | No
     if not (src / "kustomization.yaml").is_file():
         raise ConfigError(f"no overlay {overlay!r} in {src.parent}: "
                           f"{sorted(p.name for p in src.parent.iterdir())}")
-    if not registry:
-        raise ConfigError("no image registry: pass --image-registry (where `make images` pushed the images)")
+    if not registry or registry.rstrip("/") == load_definition().PLACEHOLDER_REGISTRY:
+        raise ConfigError(f"no image registry ({registry or 'none'} given): pass --image-registry, where `make "
+                          f"images IMAGE_REGISTRY=...` pushed the images")
     tag = tag or os.environ.get("LOGANALYZER_IMAGE_TAG", "0.1.0")
     out.mkdir(parents=True, exist_ok=True)
     kustomization = {
@@ -163,9 +164,10 @@ def run(host: str, experiment: str, arguments: list[str], namespace: str, regist
 
     definition = load_definition(registry, tag)
     if not registry or registry.rstrip("/") == definition.PLACEHOLDER_REGISTRY:
-        raise ConfigError("no image registry: pass --image-registry (or env LOGANALYZER_IMAGE_REGISTRY), where "
-                          "`make images IMAGE_REGISTRY=...` pushed loganalyzer-jobs and loganalyzer-train; without "
-                          "one the nodes would pull them from Docker Hub")
+        raise ConfigError(f"no image registry ({registry or 'none'} given; the placeholder does not count): pass "
+                          "--image-registry (or env LOGANALYZER_IMAGE_REGISTRY), where `make images IMAGE_REGISTRY=...`"
+                          " pushed loganalyzer-jobs and loganalyzer-train; without one the nodes would pull them "
+                          "from Docker Hub")
     pipeline_func = definition.build("cluster")
     args = {"namespace": namespace, **parse_arguments(arguments, pipeline_func)}
     client = kfp.Client(host=host, existing_token=token or os.environ.get("KF_PIPELINES_TOKEN"),
@@ -174,8 +176,9 @@ def run(host: str, experiment: str, arguments: list[str], namespace: str, regist
     if not multi_user and namespace != kfp_namespace:
         raise ConfigError(
             f"standalone KFP runs every pipeline in its own namespace ({kfp_namespace!r}; resource_manager.go), not "
-            f"in {namespace!r}: install the suite there (make deploy KFP_NAMESPACE={kfp_namespace}) and pass "
-            f"--namespace {kfp_namespace}, or set --kfp-namespace to where KFP runs")
+            f"in {namespace!r}: install the suite there (make deploy NAMESPACE={kfp_namespace}) and pass "
+            f"--namespace {kfp_namespace} (make run NAMESPACE={kfp_namespace}), or set --kfp-namespace to where "
+            f"KFP runs")
     log.info("%s KFP: the run executes in namespace %s as ServiceAccount %s",
              "multi-user" if multi_user else "standalone", namespace, service_account)
     result = client.create_run_from_pipeline_func(pipeline_func, arguments=args, run_name=run_name,

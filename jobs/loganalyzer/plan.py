@@ -8,9 +8,11 @@
 - Activations per GPU (rough): Korthikanti et al. 2022, ``34·s·b·h`` bytes per layer with flash attention; with
   gradient checkpointing ``2·s·b·h`` per layer kept plus one layer recomputed; plus the LM head: TRL 1.16's
   SFTTrainer always computes the loss with its chunked LM head (``add_fused_lm_head``; the full ``s·b·V`` logits
-  never exist, with or without Liger, whose fused cross-entropy TRL turns off), so one fp32 tile of
-  ``TOKEN_CHUNK_SIZE × chunk`` (4096 tokens × 32768 vocabulary entries, ``trl/kernels/chunked_logprob.py``) and
-  seven fp32 accumulators per token.
+  never exist, with or without Liger, whose fused cross-entropy TRL turns off): one fp32 tile of
+  ``TOKEN_CHUNK_SIZE × chunk`` (4096 tokens × 32768 vocabulary entries, ``trl/kernels/chunked_logprob.py``; bf16
+  under autocast, counted as fp32 to stay on the safe side), seven fp32 accumulators per token, the fp32 gradient
+  of the hidden states ``4·s·b·h`` in backward, and for a full fine-tune the fp32 gradient of the head ``4·V·h``
+  plus its bf16 weights gathered under ZeRO-3 ``2·V·h``.
 - Tokens per optimizer step, steps for the dataset, training FLOPs (``6·N + 12·L·h·s`` per token for a full
   fine-tune, ``4·N + 12·L·h·s`` with LoRA), and for a given tokens/s per GPU and $/GPU-hour: wall time,
   GPU-hours (= GPUs × hours) and cost (= GPU-hours × price), and the MFU that throughput implies.
@@ -104,20 +106,23 @@ def model_state_bytes(stage: int, params: dict, lora: bool, gpus_per_node: int, 
     return 16 * n, 0, "16 B/param (bf16 weights + grads, fp32 Adam states), no sharding"
 
 
-def lm_head_bytes(tokens: int, vocab: int) -> int:
-    """Peak bytes of TRL's chunked LM head for ``tokens`` positions: one fp32 projection tile and the per-token
-    fp32 accumulators (running max, sums, target logit, ...)."""
+def lm_head_bytes(tokens: int, vocab: int, hidden: int, head_trainable: bool) -> int:
+    """Peak bytes of TRL's chunked LM head for ``tokens`` positions: one projection tile, the per-token fp32
+    accumulators (running max, sums, target logit, ...), the fp32 gradient of the hidden states, and, when the head
+    is trained, its fp32 gradient and gathered bf16 weights."""
     from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE
     from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE as VOCAB_CHUNK
 
-    return 4 * min(tokens, TOKEN_CHUNK_SIZE) * min(vocab, VOCAB_CHUNK) + 7 * 4 * tokens
+    tile = 4 * min(tokens, TOKEN_CHUNK_SIZE) * min(vocab, VOCAB_CHUNK)
+    head = (4 + 2) * vocab * hidden if head_trainable else 0
+    return tile + 7 * 4 * tokens + 4 * tokens * hidden + head
 
 
-def activation_bytes(config, micro_batch: int, seq: int, checkpointing: bool) -> int:
+def activation_bytes(config, micro_batch: int, seq: int, checkpointing: bool, head_trainable: bool) -> int:
     sbh = seq * micro_batch * config.hidden_size
     layers = config.num_hidden_layers
     act = (2 * sbh * layers + 34 * sbh) if checkpointing else 34 * sbh * layers
-    return act + lm_head_bytes(seq * micro_batch, config.vocab_size)
+    return act + lm_head_bytes(seq * micro_batch, config.vocab_size, config.hidden_size, head_trainable)
 
 
 def dataset_size(recipe: dict, cfg: PlanConfig) -> tuple[int | None, int | None]:
@@ -151,7 +156,8 @@ def plan(cfg: PlanConfig) -> dict:
     stage = zero_stage(recipe)
     gpus = cfg.gpus_per_node * cfg.num_nodes
     gpu_states, cpu_states, method = model_state_bytes(stage, params, lora, cfg.gpus_per_node, cfg.num_nodes)
-    act = activation_bytes(config, train.per_device_train_batch_size, train.max_length, train.gradient_checkpointing)
+    act = activation_bytes(config, train.per_device_train_batch_size, train.max_length, train.gradient_checkpointing,
+                           head_trainable=not lora)
     seqs_per_step = train.per_device_train_batch_size * train.gradient_accumulation_steps * gpus
     report: dict = {
         "recipe": cfg.recipe, "model": train.model_name_or_path, "mode": train.mode, "zero_stage": stage,

@@ -17,6 +17,11 @@ DATA_MOUNT = "/data"
 MODELS_MOUNT = "/models"
 
 
+# Pods that run to completion stay out of an Istio mesh (multi-user Kubeflow injects sidecars in profile
+# namespaces): the sidecar keeps running after the main container exits, so the pod, and the job, never completes.
+BATCH_POD_ANNOTATIONS = {"sidecar.istio.io/inject": "false"}
+
+
 def labels(component: str, **extra: str) -> dict[str, str]:
     """The recommended ``app.kubernetes.io`` labels for an object of ``component``."""
     return {"app.kubernetes.io/name": APP, "app.kubernetes.io/component": component,

@@ -115,7 +115,8 @@ def _trainer_pod(cfg: LaunchConfig, container: str, gpus: int, command: list[str
         resources=k8s.V1ResourceRequirements(requests=requests or None, limits=limits or None),
         volume_mounts=mounts, security_context=kube.container_security_context())
     return k8s.V1PodTemplateSpec(
-        metadata=k8s.V1ObjectMeta(labels=kube.labels("train", **{"loganalyzer/job": cfg.name})),
+        metadata=k8s.V1ObjectMeta(labels=kube.labels("train", **{"loganalyzer/job": cfg.name}),
+                                  annotations=kube.BATCH_POD_ANNOTATIONS),
         spec=k8s.V1PodSpec(containers=[main], volumes=volumes, service_account_name=cfg.service_account,
                            automount_service_account_token=False,
                            security_context=kube.pod_security_context(), node_selector=cfg.node_selector or None,

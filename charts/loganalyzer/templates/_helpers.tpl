@@ -157,3 +157,9 @@ volumes: {{- include "loganalyzer.volumes" $root | nindent 2 }}
       medium: Memory
       sizeLimit: {{ $root.Values.raySft.shmSize }}
 {{- end }}
+
+{{/* Pods that run to completion stay out of an Istio mesh: a sidecar outlives the main container, so the pod never
+completes. */}}
+{{- define "loganalyzer.batchPodAnnotations" -}}
+sidecar.istio.io/inject: "false"
+{{- end }}

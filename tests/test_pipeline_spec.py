@@ -279,6 +279,13 @@ def test_pipeline_run_rejects_unknown_parameters(fake_kfp):
     assert calls == []
 
 
+def test_pipeline_run_checks_constrained_values_before_starting(fake_kfp):
+    host, calls = fake_kfp
+    result = _run_cli(host, "--namespace", "kubeflow", "--image-registry", REGISTRY, "serve_deployment_mode=Knatvie")
+    assert result.returncode == 2 and "serve_deployment_mode='Knatvie'" in result.stderr, result.stderr
+    assert not [c for c in calls if c[0] == "POST"]
+
+
 def test_pipeline_run_unreachable_host():
     result = _run_cli("http://127.0.0.1:9", "--namespace", "kubeflow", "--image-registry", REGISTRY)
     assert result.returncode == 1 and "could not start the run on http://127.0.0.1:9" in result.stderr

@@ -97,6 +97,27 @@ def parse_arguments(pairs: list[str], pipeline_func) -> dict:
     return args
 
 
+# Pipeline parameters whose values a stage config constrains: checked when the run starts, not hours later when
+# the stage that reads them fails.
+CHECKED_PARAMETERS = {"serve_deployment_mode": ("loganalyzer.deploy", "DeployConfig", "deployment_mode"),
+                      "sft_engine": ("loganalyzer.launch", "LaunchConfig", "engine")}
+
+
+def check_values(args: dict) -> None:
+    """Validate the values of ``CHECKED_PARAMETERS`` against their stage config fields; raise ConfigError."""
+    import importlib
+
+    from pydantic import TypeAdapter, ValidationError
+
+    for key, (module, model, field) in CHECKED_PARAMETERS.items():
+        if key in args:
+            annotation = getattr(importlib.import_module(module), model).model_fields[field].annotation
+            try:
+                TypeAdapter(annotation).validate_python(args[key])
+            except ValidationError as exc:
+                raise ConfigError(f"pipeline parameter {key}={args[key]!r}: {exc.errors()[0]['msg']}") from None
+
+
 def _value(raw: str):
     """JSON first (so 2e-5 is a number), then YAML (unquoted strings, [a, b] lists), else the string."""
     try:
@@ -170,6 +191,7 @@ def run(host: str, experiment: str, arguments: list[str], namespace: str, regist
                           "from Docker Hub")
     pipeline_func = definition.build("cluster")
     args = {"namespace": namespace, **parse_arguments(arguments, pipeline_func)}
+    check_values(args)
     client = kfp.Client(host=host, existing_token=token or os.environ.get("KF_PIPELINES_TOKEN"),
                         namespace=namespace)
     multi_user = bool(getattr(client.get_kfp_healthz(sleep_duration=1), "multi_user", False))

@@ -104,4 +104,4 @@ bench: install ## benchmarks (chunking, synthesis, CPT packing, chat latency, de
 	cd benchmarks && ../$(BIN)/python bench_gpu_train.py
 
 clean: ## remove runs/ and caches (keeps .venv)
-	rm -rf runs .lint test-artifacts .pytest_cache .ruff_cache
+	rm -rf runs .lint .build test-artifacts .pytest_cache .ruff_cache

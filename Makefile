@@ -25,7 +25,7 @@ ARGS ?=
 KUBE_LOCAL ?= ../shared/tools/kube-local/kube-local
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint bench clean images pipeline manifests deploy run kube-local chromium
+.PHONY: help install demo test test-fast lint bench clean images pipeline manifests deploy run kube-local chromium device-wheels device-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -102,6 +102,12 @@ bench: install ## benchmarks (chunking, synthesis, CPT packing, chat latency, de
 	cd benchmarks && ../$(BIN)/python bench_chat_latency.py
 	cd benchmarks && ../$(BIN)/python bench_demo_train.py $(if $(wildcard runs/demo/timings.json),--demo-dir ../runs/demo,)
 	cd benchmarks && ../$(BIN)/python bench_gpu_train.py
+
+device-wheels: install ## download into .whl/ the wheels the GPU device check carries (benchmarks/device_wheels.py)
+	$(BIN)/python benchmarks/device_wheels.py
+
+device-check: install ## the GPU device check's CPU mode (on a lent GPU: bash benchmarks/device_check.sh, carry .whl)
+	PYTHON=$(BIN)/python bash benchmarks/device_check.sh --cpu-smoke --out .build/device-check
 
 clean: ## remove runs/ and caches (keeps .venv)
 	rm -rf runs .lint .build test-artifacts .pytest_cache .ruff_cache

@@ -40,3 +40,30 @@ def test_cpu_smoke_runs_both_layouts_on_the_same_samples(tmp_path):
         assert f["packed"]["micro_batches"] < f["unpacked"]["micro_batches"]  # rows hold several samples
         assert f["ratio_packed_to_unpacked"] == round(f["packed"]["tokens_per_s"] / f["unpacked"]["tokens_per_s"], 2)
     assert figures["full"]["flops_per_token"] > figures["lora"]["flops_per_token"]
+
+
+@pytest.mark.integration
+def test_device_check_cpu_smoke(tmp_path):
+    """The lent-GPU command, in its CPU mode: every step passes, the files the device tool returns are written."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(["bash", str(root / "benchmarks" / "device_check.sh"), "--cpu-smoke", "--out",
+                             str(tmp_path)], env={**os.environ, "PYTHON": sys.executable}, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert {k: v["status"] for k, v in summary["steps"].items()} == {"gpu_tests": "passed", "gpu_train": "passed"}
+    assert summary["gpu_train"]["full"]["packed"]["real_tokens"] > 0 and summary["versions"]["trl"]
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["gpu_tests.log", "gpu_train.json", "gpu_train.log", "summary.json"]  # at most 8 come back
+    assert "2 skipped" in (tmp_path / "gpu_tests.log").read_text()  # no CUDA here: the GPU tests skip
+
+
+def test_device_wheels_carry_what_the_image_lacks_at_our_pins():
+    wheels = importlib.import_module("device_wheels")
+    carried = wheels.closure(wheels.NEEDED)
+    assert {"trl", "datasets", "pydantic", "pydantic-core", "liger-kernel", "transformers"} <= carried
+    assert not carried & {"torch", "triton", "numpy", "pyarrow", "pandas", "tokenizers"}  # in the image
+    assert carried <= set(wheels.pins())  # every one pinned in constraints.txt

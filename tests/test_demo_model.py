@@ -81,6 +81,17 @@ def test_short_smollm2_sft_run_lowers_the_loss_on_its_training_rows(smollm2_sft_
     assert saved["model_dtype"] == ("bfloat16" if saved["bf16"] else "float32")  # LoRA: frozen base in bf16
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_demo_models_sft_step_on_a_gpu(smollm2_sft_run):
+    """The GPU training path with a real checkpoint (the device check runs it): bf16 on the GPU, the effective
+    attention recorded, and the loss falls as on CPU."""
+    saved = json.loads((smollm2_sft_run["out"] / "loganalyzer_train.json").read_text())
+    assert saved["bf16"] is True and saved["model_dtype"] == "bfloat16"
+    assert saved["attn_implementation"] in ("flash_attention_2", "sdpa", "flex_attention")
+    assert smollm2_sft_run["after"] < 0.8 * smollm2_sft_run["before"]
+
+
 def test_merged_model_equals_base_plus_adapter_within_bf16_tolerance(smollm2, smollm2_sft_run):
     from peft import PeftModel
     from safetensors.torch import load_file

@@ -11,7 +11,8 @@ tokens, at most ``--seq``) in bf16 with gradient checkpointing, in two layouts, 
   with an attention mask, SDPA.
 
 Both layouts see the same samples (every one of them, after a warm-up on other samples), so their tokens/s
-compare the same work. Figures: real (non-pad) tokens/s, MFU, peak memory, packed/baseline ratio.
+compare the same work. A third arm, ``recipe``, is what a user's run gets: TRL's SFTTrainer with the recipe's
+own settings (``run_recipe``). Figures: real (non-pad) tokens/s, MFU, peak memory, ratios to the baseline.
 
 MFU = tokens/s × FLOPs per token / peak FLOP/s, with model FLOPs only (gradient-checkpointing recompute and
 padding are not useful work; PaLM, Chowdhery et al. 2022, appendix B):
@@ -161,6 +162,68 @@ def run_layout(model, layout: str, seqs, warmup, args, device):
     return out
 
 
+def run_recipe(mode: str, liger: bool, args, device: str) -> dict:
+    """The recipe's own path: TRL's SFTTrainer with the SFTConfig ``loganalyzer.train`` builds from
+    ``cpt_full_zero3.yaml`` (full: packed, padding-free) or ``sft_lora.yaml`` (LoRA: padded, length-grouped
+    batches), its gradient accumulation, optimizer and chunked LM head, on pre-tokenized samples of the same
+    length distribution, sized to ``--recipe-steps`` optimizer steps after ``--recipe-warmup``. One GPU, so no
+    DeepSpeed. Tokens are the non-padding ones TRL counts."""
+    import tempfile
+
+    import datasets
+    import torch
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast, TrainerCallback
+    from trl import SFTTrainer
+
+    from loganalyzer.config import load_yaml
+    from loganalyzer.train import TrainConfig, effective, sft_config
+
+    recipe = "cpt_full_zero3" if mode == "full" else "sft_lora"
+    steps = args.recipe_warmup + args.recipe_steps
+    over = {"model_name_or_path": "random-init", "train_file": "-", "eval_file": None, "deepspeed": None,
+            "output_dir": tempfile.mkdtemp(prefix="bench-recipe-"), "report_to": ["none"], "save_strategy": "no",
+            "use_liger_kernel": liger, "max_length": args.seq, "max_steps": steps, "logging_steps": 1,
+            "dataset_num_proc": None, "bf16": True}
+    if args.cpu_smoke:
+        over.update(per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    cfg = effective(TrainConfig(**{**load_yaml(ROOT / "jobs" / "configs" / f"{recipe}.yaml"), **over}))
+    rows = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * steps
+    n = int(rows * args.seq / args.median_len * 1.3) + 8 if cfg.packing else rows + 8
+    vocab = TINY["vocab_size"] if args.cpu_smoke else 128256
+    data = samples(n, args.median_len, args.seq, vocab, seed=2)
+    model, config, dense = build_model(mode, args, device, False, cfg.attn_implementation)
+    trainer_args = sft_config(cfg, assistant_only_loss=False)
+    trainer_args.include_num_input_tokens_seen = "non_padding"
+    marks = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, a, state, control, **kw):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            marks.append((time.perf_counter(), state.num_input_tokens_seen))
+
+    pad = Tokenizer(models.WordLevel({"<pad>": 0, "<eos>": 1}, unk_token="<pad>"))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=pad, pad_token="<pad>", eos_token="<eos>")
+    trainer = SFTTrainer(model=model, args=trainer_args, processing_class=tokenizer, callbacks=[Clock()],
+                         train_dataset=datasets.Dataset.from_dict({"input_ids": [d.tolist() for d in data]}))
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    (t0, k0), (t1, k1) = marks[args.recipe_warmup - 1], marks[-1]
+    fpt = flops_per_token(config, [len(d) for d in data], lora=mode == "lora", dense_params=dense)
+    out = {"recipe": recipe, "attention": cfg.attn_implementation, "packing": cfg.packing,
+           "sampling": cfg.train_sampling_strategy, "batch": cfg.per_device_train_batch_size,
+           "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "timed_optimizer_steps": len(marks) -
+           args.recipe_warmup, "real_tokens": int(k1 - k0), "seconds": round(t1 - t0, 3),
+           "tokens_per_s": round((k1 - k0) / (t1 - t0))}
+    out["mfu"] = round(out["tokens_per_s"] * fpt / (args.peak_tflops * 1e12), 4)
+    if device == "cuda":
+        out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+    del trainer, model
+    return out
+
+
 def measure(mode: str, liger: bool, args, seqs, warmup, device) -> dict:
     """Both layouts, each on a freshly built model: packed with the recipe's attention, unpacked with SDPA."""
     import torch
@@ -180,6 +243,12 @@ def measure(mode: str, liger: bool, args, seqs, warmup, device) -> dict:
             torch.cuda.empty_cache()
     figures["ratio_packed_to_unpacked"] = round(figures["packed"]["tokens_per_s"] /
                                                 figures["unpacked"]["tokens_per_s"], 2)
+    if args.recipe_steps:
+        figures["recipe"] = run_recipe(mode, liger, args, device)
+        figures["ratio_recipe_to_unpacked"] = round(figures["recipe"]["tokens_per_s"] /
+                                                    figures["unpacked"]["tokens_per_s"], 2)
+        if device == "cuda":
+            torch.cuda.empty_cache()
     return figures
 
 
@@ -194,6 +263,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--liger", choices=["auto", "on", "off"], default="auto",
                     help="auto: with and without Liger when it is installed, else without")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="peak dense bf16 TFLOP/s of the GPU")
+    ap.add_argument("--recipe-steps", type=int, default=3, help="timed optimizer steps of the recipe's own path "
+                                                                 "(TRL SFTTrainer; 0: skip it)")
+    ap.add_argument("--recipe-warmup", type=int, default=1, help="untimed optimizer steps before them")
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny Llama on CPU, a few samples (CI)")
     ap.add_argument("--out", type=Path, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)

@@ -40,6 +40,11 @@ def test_cpu_smoke_runs_both_layouts_on_the_same_samples(tmp_path):
         assert f["packed"]["micro_batches"] < f["unpacked"]["micro_batches"]  # rows hold several samples
         assert f["ratio_packed_to_unpacked"] == round(f["packed"]["tokens_per_s"] / f["unpacked"]["tokens_per_s"], 2)
     assert figures["full"]["flops_per_token"] > figures["lora"]["flops_per_token"]
+    # the recipe's own path (TRL's SFTTrainer with the shipped recipes' settings)
+    full, lora = figures["full"]["recipe"], figures["lora"]["recipe"]
+    assert (full["recipe"], full["packing"], lora["recipe"], lora["sampling"]) == \
+        ("cpt_full_zero3", True, "sft_lora", "group_by_length")
+    assert full["timed_optimizer_steps"] == lora["timed_optimizer_steps"] == 3 and full["real_tokens"] > 0
 
 
 @pytest.mark.integration

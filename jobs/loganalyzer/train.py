@@ -358,20 +358,11 @@ def write_marker(ckpt: Path, content: dict) -> None:
     os.replace(tmp, ckpt / COMPLETE_MARKER)
 
 
-def build_trainer(cfg: TrainConfig):
-    """Tokenizer, datasets, model and a configured ``trl.SFTTrainer`` for the recipe (resolved by ``effective``)."""
-    import torch
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+def sft_config(cfg: TrainConfig, assistant_only_loss: bool):
+    """The ``trl.SFTConfig`` of a recipe resolved by ``effective`` (``build_trainer`` and the GPU benchmark)."""
+    from trl import SFTConfig
 
-    cfg = effective(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
-    chat_template = training_chat_template(tokenizer) if cfg.mode == "sft" else None
-    use_gpu = _on_gpu()
-    original_template = tokenizer.chat_template
-    last_turn_only = chat_template == LAST_TURN
-    args = SFTConfig(
+    return SFTConfig(
         output_dir=str(Path(cfg.output_dir) / "checkpoints"),
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type,
         warmup_steps=cfg.warmup_ratio,  # transformers>=5: a float in [0, 1) is a ratio of total steps
@@ -383,18 +374,33 @@ def build_trainer(cfg: TrainConfig):
         max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, data_seed=cfg.seed,
         activation_checkpointing=cfg.gradient_checkpointing,  # transformers>=5 name of gradient checkpointing
         packing=cfg.packing, packing_strategy="bfd_split", train_sampling_strategy=cfg.train_sampling_strategy,
-        dataset_text_field="text", assistant_only_loss=cfg.mode == "sft" and not last_turn_only,
+        dataset_text_field="text", assistant_only_loss=assistant_only_loss,
         deepspeed=deepspeed_config_path(cfg.deepspeed), use_liger_kernel=cfg.use_liger_kernel,
         logging_steps=cfg.logging_steps, save_strategy=cfg.save_strategy, save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
         eval_strategy="steps" if cfg.eval_file else "no", eval_steps=cfg.eval_steps or cfg.save_steps,
         dataloader_num_workers=cfg.dataloader_num_workers, dataset_num_proc=cfg.dataset_num_proc,
         report_to=cfg.report_to, run_name=cfg.run_name,
-        include_num_input_tokens_seen=True, use_cpu=not use_gpu,
+        include_num_input_tokens_seen=True, use_cpu=not _on_gpu(),
         # Every trainable parameter (all weights, or LoRA's A/B on every linear layer) is used in every forward:
         # no search for unused ones. transformers would turn it on for a PeftModel (not a PreTrainedModel).
         ddp_find_unused_parameters=False,
     )
+
+
+def build_trainer(cfg: TrainConfig):
+    """Tokenizer, datasets, model and a configured ``trl.SFTTrainer`` for the recipe (resolved by ``effective``)."""
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    cfg = effective(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
+    chat_template = training_chat_template(tokenizer) if cfg.mode == "sft" else None
+    original_template = tokenizer.chat_template
+    last_turn_only = chat_template == LAST_TURN
+    args = sft_config(cfg, assistant_only_loss=cfg.mode == "sft" and not last_turn_only)
     # The datasets cache lives on shared storage (HF_HOME): global rank 0 reads and tokenizes first, the other
     # ranks then load its cache instead of writing the same files at once. The process group exists from here.
     with args.main_process_first(local=False, desc="reading and tokenizing the datasets"):

@@ -13,5 +13,9 @@ if [[ " $* " != *" --cpu-smoke "* ]] && compgen -G ".whl/*.whl" >/dev/null; then
     || { echo "device_check: installing .whl/*.whl failed" >&2; exit 1; }
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+# the demo model's GGUF, carried in parts over two calls (make device-wheels cuts it): joined for its GPU test
+if [[ " $* " != *" --cpu-smoke "* ]] && [ -f .smollm2/a ] && [ -f .smollm2/b ]; then
+  cat .smollm2/? > /tmp/smollm2.gguf && export LOGANALYZER_SMOLLM2_GGUF=/tmp/smollm2.gguf
+fi
 export PYTHONPATH=$PWD/jobs${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 exec "$PY" benchmarks/device_check.py "$@"

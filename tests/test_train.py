@@ -351,3 +351,14 @@ def test_flex_attention_keeps_packed_samples_apart_without_a_dense_mask(tiny_env
         alone = _per_token_losses(model, ids[:, start:start + k])
         assert torch.allclose(packed[start:start + k - 1], alone, atol=1e-4), (start, k)
         start += k
+
+
+@pytest.mark.integration
+def test_training_needs_no_mlflow_when_tracking_is_off(tiny_env, tmp_path, monkeypatch):
+    """The GPU device check carries no mlflow: without MLFLOW_TRACKING_URI nothing may import it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` now raises ImportError
+    metrics = run(_recipe("cpt_tiny_cpu", model_name_or_path=str(tiny_env["model"]), max_steps=2, logging_steps=1,
+                          train_file=str(tiny_env["datasets"] / "cpt_train.jsonl"), output_dir=str(tmp_path / "o"),
+                          max_length=256, report_to=["none"], save_strategy="no"))
+    assert math.isfinite(metrics["train_loss"])

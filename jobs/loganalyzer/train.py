@@ -324,10 +324,13 @@ def _callbacks():
             metrics["train_tokens_per_s_per_device"] = metrics["train_tokens_per_s"] / world
             self.t, self.tokens, self.step = now, state.num_input_tokens_seen, state.global_step
             log.info("step %d: %s", state.global_step, {k: round(v, 3) for k, v in metrics.items()})
-            import mlflow
+            from loganalyzer import tracking
 
-            if mlflow.active_run() is not None:
-                mlflow.log_metrics(metrics, step=state.global_step)
+            if tracking.enabled():  # mlflow is imported only when tracking is on (the GPU device check has none)
+                import mlflow
+
+                if mlflow.active_run() is not None:
+                    mlflow.log_metrics(metrics, step=state.global_step)
 
     class MarkComplete(TrainerCallback):
         """After the Trainer saved a checkpoint (model, optimizer shards of every rank, trainer state): wait for

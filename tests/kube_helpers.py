@@ -122,21 +122,26 @@ def validate(docs: list[dict]) -> list[str]:
     return errors
 
 
-def pod_specs(doc: dict) -> list[dict]:
-    """Every pod spec inside an object (Deployments, Jobs, PyTorchJob replicas, RayJob head/workers)."""
+def pod_templates(doc: dict) -> list[dict]:
+    """Every pod template inside an object (Deployments, Jobs, PyTorchJob replicas, RayJob submitter/head/workers)."""
     spec = doc.get("spec", {})
     if doc["kind"] in ("Deployment", "Job", "StatefulSet", "DaemonSet"):
-        return [spec["template"]["spec"]]
+        return [spec["template"]]
     if doc["kind"] == "PyTorchJob":
-        return [r["template"]["spec"] for r in spec["pytorchReplicaSpecs"].values()]
+        return [r["template"] for r in spec["pytorchReplicaSpecs"].values()]
     if doc["kind"] == "RayJob":
         cluster = spec["rayClusterSpec"]
-        return [cluster["headGroupSpec"]["template"]["spec"]] + [
-            g["template"]["spec"] for g in cluster.get("workerGroupSpecs", [])]
-    if doc["kind"] == "InferenceService":  # the predictor is a pod spec whose `model` is its main container
-        predictor = spec["predictor"]
-        return [{**predictor, "containers": [predictor["model"], *predictor.get("containers", [])]}]
+        return [*([spec["submitterPodTemplate"]] if "submitterPodTemplate" in spec else []),
+                cluster["headGroupSpec"]["template"], *[g["template"] for g in cluster.get("workerGroupSpecs", [])]]
     return []
+
+
+def pod_specs(doc: dict) -> list[dict]:
+    """Every pod spec inside an object: its pod templates', and an InferenceService predictor's."""
+    if doc["kind"] == "InferenceService":  # the predictor is a pod spec whose `model` is its main container
+        predictor = doc["spec"]["predictor"]
+        return [{**predictor, "containers": [predictor["model"], *predictor.get("containers", [])]}]
+    return [t["spec"] for t in pod_templates(doc)]
 
 
 RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",

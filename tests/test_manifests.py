@@ -16,6 +16,7 @@ from kube_helpers import (
     helm_template,
     kustomize,
     pod_specs,
+    pod_templates,
     restricted_violations,
     security_problems,
     validate,
@@ -68,19 +69,6 @@ def test_schemas_and_security(renderings, name):
     assert [p for d in docs for p in security_problems(d)] == []
 
 
-def _batch_pod_templates(doc: dict) -> list[dict]:
-    spec = doc.get("spec", {})
-    if doc["kind"] == "Job":
-        return [spec["template"]]
-    if doc["kind"] == "PyTorchJob":
-        return [r["template"] for r in spec["pytorchReplicaSpecs"].values()]
-    if doc["kind"] == "RayJob":
-        cluster = spec["rayClusterSpec"]
-        return [spec["submitterPodTemplate"], cluster["headGroupSpec"]["template"],
-                *[g["template"] for g in cluster["workerGroupSpecs"]]]
-    return []
-
-
 def test_batch_pods_stay_out_of_an_istio_mesh(renderings):
     """Multi-user Kubeflow injects Istio sidecars in profile namespaces, and a sidecar outlives the main container,
     so a Job's or a PyTorchJob replica's pod would never complete: every run-to-completion pod opts out."""
@@ -89,7 +77,8 @@ def test_batch_pods_stay_out_of_an_istio_mesh(renderings):
     docs = [d for name in RENDERINGS for d in renderings[name]]
     docs += [to_dict(pytorchjob(LaunchConfig(name="x", recipe="cpt_full_zero3", nodes=2))),
              rayjob(LaunchConfig(name="y", recipe="sft_lora", engine="ray"))]
-    templates = [(d["kind"], d["metadata"]["name"], t) for d in docs for t in _batch_pod_templates(d)]
+    templates = [(d["kind"], d["metadata"]["name"], t) for d in docs if d["kind"] != "Deployment"  # servers
+                 for t in pod_templates(d)]
     assert len({kind for kind, *_ in templates}) == 3
     for kind, name, t in templates:
         assert (t["metadata"].get("annotations") or {}).get("sidecar.istio.io/inject") == "false", (kind, name)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from typing import Literal
 
 from kubernetes import client as k8s
@@ -46,6 +45,10 @@ from loganalyzer.config import StageConfig, parse_config
 from loganalyzer.launch import K8S_NAME
 
 log = logging.getLogger("loganalyzer.deploy")
+
+
+# The modes' names before KServe renamed them, still accepted by KServe v0.20 (and by older releases only).
+LEGACY_MODES = {"RawDeployment": "Standard", "Serverless": "Knative"}
 
 
 class DeployConfig(StageConfig):
@@ -84,7 +87,7 @@ class DeployConfig(StageConfig):
 
     @property
     def knative(self) -> bool:
-        return self.deployment_mode in ("Knative", "Serverless")
+        return LEGACY_MODES.get(self.deployment_mode, self.deployment_mode) == "Knative"
 
     @model_validator(mode="after")
     def _standard_has_fixed_replicas(self):
@@ -166,8 +169,6 @@ class NotReady(RuntimeError):
     """The InferenceService did not become Ready in time."""
 
 
-LEGACY_MODES = {"RawDeployment": "Standard", "Serverless": "Knative"}
-
 
 def _mode(isvc: dict) -> str | None:
     """The KServe mode an InferenceService runs in (``status.deploymentMode`` once reconciled, else its
@@ -177,15 +178,12 @@ def _mode(isvc: dict) -> str | None:
     return LEGACY_MODES.get(mode, mode)
 
 
-def _wait_deleted(kc, cfg: DeployConfig, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            kc.get(cfg.name, namespace=cfg.namespace)
-        except RuntimeError:  # the SDK wraps "not found" like every other error
-            return
-        time.sleep(min(cfg.poll_s, 2))
-    raise NotReady(f"InferenceService {cfg.namespace}/{cfg.name} was not deleted within {timeout_s:.0f}s")
+def _exists(kc, cfg: DeployConfig) -> bool:
+    try:
+        kc.get(cfg.name, namespace=cfg.namespace)
+    except RuntimeError:  # the SDK wraps "not found" like every other error
+        return False
+    return True
 
 
 def run(cfg: DeployConfig, kserve_client=None) -> str:
@@ -215,7 +213,8 @@ def run(cfg: DeployConfig, kserve_client=None) -> str:
         log.warning("InferenceService %s/%s runs in %s mode, %s asked: deleting and recreating it", cfg.namespace,
                     cfg.name, _mode(current), cfg.deployment_mode)
         kc.delete(cfg.name, namespace=cfg.namespace)
-        _wait_deleted(kc, cfg)
+        if not kube.wait_deleted(lambda: _exists(kc, cfg), timeout_s=300, poll_s=min(cfg.poll_s, 2)):
+            raise NotReady(f"InferenceService {cfg.namespace}/{cfg.name} was not deleted within 300s")
         out = kc.create(isvc, namespace=cfg.namespace)
     else:
         isvc.metadata.resource_version = current["metadata"]["resourceVersion"]

@@ -7,6 +7,9 @@ read-only root filesystem (writable ``/tmp`` and ``/dev/shm`` come from emptyDir
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from kubernetes import client as k8s
 
 APP = "loganalyzer"
@@ -107,3 +110,13 @@ def condition(obj: dict, kind: str) -> dict | None:
         if c.get("type") == kind:
             return c
     return None
+
+
+def wait_deleted(exists: Callable[[], bool], timeout_s: float, poll_s: float = 1) -> bool:
+    """Poll ``exists`` every ``poll_s`` seconds until it returns False; False if it still exists after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(poll_s)
+    return True

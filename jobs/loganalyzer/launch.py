@@ -343,11 +343,8 @@ def _wait(jobs, cfg: LaunchConfig, where: str) -> dict:
 
 def _delete_and_wait(jobs, where: str, timeout_s: float = 120) -> None:
     jobs.delete()
-    deadline = time.monotonic() + timeout_s
-    while jobs.get() is not None:
-        if time.monotonic() > deadline:
-            raise JobFailed(f"{where} was not deleted within {timeout_s}s")
-        time.sleep(1)
+    if not kube.wait_deleted(lambda: jobs.get() is not None, timeout_s):
+        raise JobFailed(f"{where} was not deleted within {timeout_s}s")
 
 
 class _LogFollower:

@@ -50,7 +50,8 @@ def load_definition(registry: str | None = None, tag: str | None = None) -> Modu
     named with ``registry`` and ``tag`` when given (else env ``LOGANALYZER_IMAGE_REGISTRY`` / ``_TAG``)."""
     if not DEFINITION.is_file():
         raise ConfigError(f"{DEFINITION} not found: run this from a clone of the repository")
-    env = {k: v for k, v in (("LOGANALYZER_IMAGE_REGISTRY", registry), ("LOGANALYZER_IMAGE_TAG", tag)) if v}
+    env = {k: v for k, v in (("LOGANALYZER_IMAGE_REGISTRY", registry), ("LOGANALYZER_IMAGE_TAG", tag))
+           if v is not None}
     with _environ(env):  # the definition reads them when its components are declared, at import
         spec = importlib.util.spec_from_file_location("cpt_finetune", DEFINITION)
         module = importlib.util.module_from_spec(spec)
@@ -73,7 +74,10 @@ def _environ(values: dict[str, str]):
 
 
 def compile_pipeline(out: Path = COMPILED, registry: str | None = None, tag: str | None = None) -> Path:
-    definition = load_definition(registry, tag)
+    return _compile(load_definition(registry, tag), out)
+
+
+def _compile(definition: ModuleType, out: Path) -> Path:
     version = definition.compile_cluster(str(out))
     if definition.REGISTRY == definition.PLACEHOLDER_REGISTRY:
         log.warning("the images name the placeholder registry %s: to run it, register the pipeline with "
@@ -81,6 +85,17 @@ def compile_pipeline(out: Path = COMPILED, registry: str | None = None, tag: str
     log.info("wrote %s, PipelineVersion %s (kubectl apply -n <KFP's namespace> -f %s registers it)", out, version,
              out)
     return out
+
+
+def _with_registry(registry: str | None, tag: str | None) -> ModuleType:
+    """The definition with its images in ``registry``; ConfigError when there is none but the placeholder."""
+    definition = load_definition(registry, tag)
+    if definition.REGISTRY == definition.PLACEHOLDER_REGISTRY:
+        raise ConfigError(f"no image registry ({registry or 'none'} given; the placeholder does not count): pass "
+                          "--image-registry (or env LOGANALYZER_IMAGE_REGISTRY), where `make images IMAGE_REGISTRY=...`"
+                          " pushed loganalyzer-jobs and loganalyzer-train; without one the nodes would pull them "
+                          "from Docker Hub")
+    return definition
 
 
 def parse_arguments(pairs: list[str], pipeline_func) -> dict:
@@ -141,22 +156,19 @@ def bundle(out: Path, overlay: str, namespace: str, registry: str, tag: str | No
     if not (src / "kustomization.yaml").is_file():
         raise ConfigError(f"no overlay {overlay!r} in {src.parent}: "
                           f"{sorted(p.name for p in src.parent.iterdir())}")
-    if not registry or registry.rstrip("/") == load_definition().PLACEHOLDER_REGISTRY:
-        raise ConfigError(f"no image registry ({registry or 'none'} given): pass --image-registry, where `make "
-                          f"images IMAGE_REGISTRY=...` pushed the images")
-    tag = tag or os.environ.get("LOGANALYZER_IMAGE_TAG", "0.1.0")
+    definition = _with_registry(registry, tag)
     out.mkdir(parents=True, exist_ok=True)
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": namespace,
         "resources": [os.path.relpath(src, out)],
-        "images": [{"name": name, "newName": f"{registry.rstrip('/')}/loganalyzer-{i}", "newTag": tag}
+        "images": [{"name": name, "newName": f"{definition.REGISTRY}/loganalyzer-{i}", "newTag": definition.TAG}
                    for i in IMAGES for name in _image_names(src, i)],
         "patches": [{"target": {"kind": "Namespace"},
                      "patch": "$patch: delete\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: any\n"}],
     }
     (out / "kustomization.yaml").write_text("# written by `loganalyzer pipeline bundle` (make deploy)\n"
                                             + yaml.safe_dump(kustomization, sort_keys=False))
-    compile_pipeline(out / "cpt-finetune.yaml", registry, tag)
+    _compile(definition, out / "cpt-finetune.yaml")
     return out
 
 
@@ -183,13 +195,7 @@ def run(host: str, experiment: str, arguments: list[str], namespace: str, regist
     """
     import kfp
 
-    definition = load_definition(registry, tag)
-    if not registry or registry.rstrip("/") == definition.PLACEHOLDER_REGISTRY:
-        raise ConfigError(f"no image registry ({registry or 'none'} given; the placeholder does not count): pass "
-                          "--image-registry (or env LOGANALYZER_IMAGE_REGISTRY), where `make images IMAGE_REGISTRY=...`"
-                          " pushed loganalyzer-jobs and loganalyzer-train; without one the nodes would pull them "
-                          "from Docker Hub")
-    pipeline_func = definition.build("cluster")
+    pipeline_func = _with_registry(registry, tag).build("cluster")
     args = {"namespace": namespace, **parse_arguments(arguments, pipeline_func)}
     check_values(args)
     client = kfp.Client(host=host, existing_token=token or os.environ.get("KF_PIPELINES_TOKEN"),

@@ -86,14 +86,23 @@ def base_model(base_model: str, run_dir: str, chunks: str) -> str:
 
 
 @component(base_image=JOBS_IMAGE)
+def redact(chunks: str, run_dir: str, mode: str, teacher: str, teacher_base_url: str, tracking_uri: str,
+           experiment: str, parent_run_id: str) -> str:
+    from loganalyzer import steps
+
+    steps.use_tracking(tracking_uri, experiment, parent_run_id)
+    return steps.redact(chunks=chunks, run_dir=run_dir, mode=mode, teacher=teacher, teacher_base_url=teacher_base_url)
+
+
+@component(base_image=JOBS_IMAGE)
 def synthesize(chunks: str, run_dir: str, teacher: str, teacher_base_url: str, teacher_model: str, tasks: list,
-               concurrency: int, max_tokens: int, limit: int, tracking_uri: str, experiment: str,
+               concurrency: int, max_tokens: int, limit: int, redact: str, tracking_uri: str, experiment: str,
                parent_run_id: str) -> str:
     from loganalyzer import steps
 
     steps.use_tracking(tracking_uri, experiment, parent_run_id)
     return steps.synthesize(chunks, run_dir, teacher, teacher_base_url, teacher_model, tasks, concurrency,
-                            max_tokens, limit)
+                            max_tokens, limit, redact=redact)
 
 
 @component(base_image=JOBS_IMAGE)
@@ -198,6 +207,7 @@ def build(target: str = "local"):
         synth_limit: int = 0,
         synth_concurrency: int = 16,
         synth_max_tokens: int = 1024,
+        redact_mode: str = "auto",
         nlplog: list = [],
         loghub_structured: list = [],
         val_size: int = 100,
@@ -238,12 +248,15 @@ def build(target: str = "local"):
         pid = parent.output
         chunks = task(chunk(logs=logs, run_dir=rdir, max_chunks_per_file=max_chunks_per_file, seed=seed,
                             min_lines=chunk_min_lines, max_lines=chunk_max_lines, parent_run_id=pid, **track))
-        base = task(base_model(base_model=base_model_name, run_dir=rdir, chunks=chunks.output), secrets=[HF_SECRET])
-        synth = task(synthesize(chunks=chunks.output, run_dir=rdir, teacher=teacher,
+        # secrets removed and personal data pseudonymised before any chunk leaves for the teacher (redact_mode)
+        safe = task(redact(chunks=chunks.output, run_dir=rdir, mode=redact_mode, teacher=teacher,
+                           teacher_base_url=teacher_base_url, parent_run_id=pid, **track))
+        base = task(base_model(base_model=base_model_name, run_dir=rdir, chunks=safe.output), secrets=[HF_SECRET])
+        synth = task(synthesize(chunks=safe.output, run_dir=rdir, teacher=teacher,
                                 teacher_base_url=teacher_base_url, teacher_model=teacher_model, tasks=tasks,
                                 concurrency=synth_concurrency, max_tokens=synth_max_tokens, limit=synth_limit,
-                                parent_run_id=pid, **track), secrets=[TEACHER_SECRET])
-        data = task(build_datasets(chunks=chunks.output, synth=synth.output, run_dir=rdir, tokenizer=base.output,
+                                redact=redact_mode, parent_run_id=pid, **track), secrets=[TEACHER_SECRET])
+        data = task(build_datasets(chunks=safe.output, synth=synth.output, run_dir=rdir, tokenizer=base.output,
                                    nlplog=nlplog, loghub_structured=loghub_structured, val_size=val_size,
                                    test_size=test_size, max_seq_length=max_seq_length, parent_run_id=pid,
                                    **track), secrets=[HF_SECRET])

@@ -4,6 +4,7 @@ loopback OpenAI-compatible server (streaming), errors included."""
 from __future__ import annotations
 
 import gzip
+import re
 
 import pytest
 from conftest import loghub_file
@@ -175,3 +176,62 @@ def test_new_chat_clears_everything(server):
     assert not chat.turns and not chat.messages and not chat.log_text
     assert at.text_area(key="pasted").value == ""
     assert not [m for m in at.chat_message]
+
+
+def _non_loopback_ip() -> str | None:
+    """This machine's address on its default route (no packet is sent), or None without one."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("198.51.100.1", 9))
+            ip = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if ip.startswith("127.") else ip
+
+
+def test_pasted_log_is_redacted_before_it_goes_to_a_non_loopback_endpoint():
+    """`redact: auto` toward an endpoint reached through a non-loopback address: the token and the client IPs
+    never reach the server, a notice says what was replaced, and a follow-up question naming a host gets the
+    same pseudonym as the log."""
+    token = "ghp_" + "Ab3" * 12
+    log = _chunk() + f"\nMar  3 10:22:01 LabSZ deploy[77]: pulled with token {token} from 10.9.8.7"
+    ip = _non_loopback_ip()
+    with FakeOpenAI(model="fake-served", host="0.0.0.0" if ip else "127.0.0.1") as srv:
+        endpoint = f"http://{ip}:{srv.port}/v1" if ip else srv.base_url
+        at = _app(endpoint, **({} if ip else {"redact": "on"}))  # no such address: force it on
+        assert at.session_state["chat"].redacting
+        at.text_area(key="pasted").input(log).run()
+        _button(at, "task-root_cause").click().run()
+        assert not at.exception
+        sent = srv.bodies[-1]["messages"][0]["content"]
+        raw_ips = set(re.findall(r"\b\d{1,3}(?:\.\d{1,3}){3}\b", log))
+        assert "10.9.8.7" in raw_ips and len(raw_ips) > 1
+        assert token not in sent and not [x for x in raw_ips if x in sent]
+        assert "<SECRET:GITHUB_TOKEN>" in sent and "192.0.2." in sent
+        assert sent.count("\n") == load_prompts().user_turn("root_cause", log).count("\n")  # line for line
+        notice = next(i.value for i in at.info if "replaced before sending" in i.value)
+        assert "1 GitHub token" in notice and " IPs" in notice and notice.endswith(f"sending to {endpoint}")
+        pseudonym = at.session_state["chat"]._redactor.pseudonyms.mapping["IP_ADDRESS"]["10.9.8.7"]
+        at.chat_input[0].set_value("What else did 10.9.8.7 do?").run()
+        assert srv.bodies[-1]["messages"][-1]["content"] == f"What else did {pseudonym} do?"
+        assert notice in at.session_state["chat"].to_markdown()  # the export records it too
+
+
+def test_switching_to_an_external_endpoint_redacts_the_history(server):
+    """A conversation started on loopback (sent as is) continues on an external endpoint: the history that is sent
+    again with every request is redacted first."""
+    local = Chat(ChatConfig(endpoint=server.base_url, model="fake-served"))
+    assert not local.redacting
+    local.set_log("Mar  3 10:22:01 host sshd[1]: Accepted password for bob from 10.1.1.1 password=hunter22\n")
+    list(local.reply_stream(local.ask(task="summarize")))
+    assert "10.1.1.1" in local.messages[0]["content"]
+    external = Chat(ChatConfig(endpoint=server.base_url, model="fake-served", redact="on"))
+    external.adopt(local)
+    assert external.turns is local.turns and external.log_text == local.log_text
+    history = "\n".join(m["content"] for m in external.messages)
+    assert "10.1.1.1" not in history and "hunter22" not in history and "192.0.2.1" in history
+    list(external.reply_stream(external.ask(text="and 10.1.1.1?")))
+    assert server.bodies[-1]["messages"][-1]["content"] == "and 192.0.2.1?"
+    assert "10.1.1.1" not in str(server.bodies[-1]["messages"])

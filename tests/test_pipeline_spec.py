@@ -39,10 +39,15 @@ def _deps(spec):
 def test_local_dag(definition, tmp_path):
     spec = _compile(definition.build("local"), tmp_path / "p.yaml")
     deps = _deps(spec)
-    assert set(deps) == {"paths", "start", "chunk", "base-model", "synthesize", "build-datasets", "train", "train-2",
-                         "train-3", "evaluate", "finish"}
-    assert "chunk" in deps["synthesize"] and "base-model" not in deps["synthesize"]  # teachers need no base model
-    assert {"synthesize", "base-model"} <= deps["build-datasets"]
+    assert set(deps) == {"paths", "start", "chunk", "redact", "base-model", "synthesize", "build-datasets", "train",
+                         "train-2", "train-3", "evaluate", "finish"}
+    # the teacher gets the redacted chunks, and so does everything after it (an answer describes the log it saw)
+    assert "chunk" in deps["redact"] and {"redact"} == deps["synthesize"] - {"paths", "start"}
+    assert "base-model" not in deps["synthesize"]  # teachers need no base model
+    assert {"synthesize", "base-model", "redact"} <= deps["build-datasets"] and "redact" in deps["base-model"]
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["redact"]["inputs"]["parameters"]["mode"] == {"componentInputParameter": "redact_mode"}
+    assert tasks["synthesize"]["inputs"]["parameters"]["redact"] == {"componentInputParameter": "redact_mode"}
     assert "build-datasets" in deps["train"]  # CPT
     assert "train" in deps["train-2"]  # SFT on the CPT model
     assert "train" not in deps["train-3"] and "base-model" in deps["train-3"]  # SFT on the base model
@@ -50,7 +55,8 @@ def test_local_dag(definition, tmp_path):
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert params["base_model_name"]["defaultValue"] == "meta-llama/Llama-3.1-8B-Instruct"
     assert (params["teacher"]["defaultValue"], params["chunk_min_lines"]["defaultValue"],
-            params["chunk_max_lines"]["defaultValue"]) == ("auto", 50, 150)
+            params["chunk_max_lines"]["defaultValue"], params["redact_mode"]["defaultValue"]) == \
+        ("auto", 50, 150, "auto")
     outputs = spec["components"]["comp-evaluate"]["outputDefinitions"]["artifacts"]
     assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs.items()} == \
         {"metrics": "system.Metrics", "report_md": "system.Markdown", "report_html": "system.HTML"}

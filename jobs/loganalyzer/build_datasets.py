@@ -12,7 +12,9 @@ Outputs in ``out``:
   validation or test log.
 - ``stats.json``: counts per task/system/split; token-length percentiles per dataset with the model's tokenizer
   (chat template applied to SFT rows) and the share above ``max_seq_length``. ``token_lengths.png``: histogram.
-- ``rejects.jsonl``: records or NLPLog rows that could not be used, with the reason.
+- ``rejects.jsonl``: records or NLPLog rows that could not be used, with the reason (``log_mismatch``: a record
+  whose ``log_sha256`` is not that of its chunk in ``chunks``, e.g. synthesized from redacted chunks; pass the
+  synthesize dir's ``chunks.redacted.jsonl`` then).
 
 Splits are by chunk (no log in two splits), seeded and stratified by system: ``val_size`` and ``test_size`` count
 chunks, and each chunk contributes one sample per task it has (the seed used 100 + 100 per task).
@@ -34,6 +36,7 @@ from pydantic import Field
 from loganalyzer.config import ConfigError, StageConfig, parse_config
 from loganalyzer.io import JsonlWriter, read_jsonl
 from loganalyzer.prompts import TEXT_TASKS, load_prompts
+from loganalyzer.synthesize import log_sha256
 
 log = logging.getLogger("loganalyzer.build_datasets")
 
@@ -214,12 +217,24 @@ def run(cfg: BuildDatasetsConfig) -> dict:
         path = Path(d) / "records.jsonl"
         if not path.is_file():
             raise ConfigError(f"--synth {d}: no records.jsonl (run `loganalyzer synthesize` first)")
+        mismatched, kept = 0, len(records)
         for r in read_jsonl(path, required=("chunk_id", "task", "output")):
-            if r["chunk_id"] in chunks:
-                records.append(r)
-            else:
+            if r["chunk_id"] not in chunks:
                 rejects.append({"chunk_id": r["chunk_id"], "task": r["task"],
                                 "reason": "unknown_chunk: record's chunk_id is not in --chunks"})
+            elif r.get("log_sha256") not in (None, log_sha256(chunks[r["chunk_id"]])):
+                mismatched += 1
+                rejects.append({"chunk_id": r["chunk_id"], "task": r["task"],
+                                "reason": "log_mismatch: the teacher saw another text of this chunk (redacted?)"})
+            else:
+                records.append(r)
+        if mismatched:
+            hint = (f"the teacher saw the chunks of {Path(d) / 'chunks.redacted.jsonl'}: pass that file as --chunks "
+                    "(an answer must be paired with the log it describes)")
+            if kept == len(records):
+                raise ConfigError(f"--synth {d}: none of its records were made from the logs in --chunks "
+                                  f"{cfg.chunks}; {hint}")
+            log.warning("--synth %s: %d records rejected (log_mismatch); %s", d, mismatched, hint)
 
     sft_chunk_systems = {r["chunk_id"]: chunks[r["chunk_id"]].get("system", "") for r in records}
     split_of = split_chunks(sft_chunk_systems, cfg.val_size, cfg.test_size, cfg.seed) if records else {}

@@ -19,6 +19,7 @@ import math
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from pydantic import Field
 
 from loganalyzer.config import StageConfig, parse_config
 from loganalyzer.prompts import TEXT_TASKS, load_prompts
+from loganalyzer.redact import DEFAULT_PII, REDACT_MODE_HELP, PiiEntity, RedactMode
 
 log = logging.getLogger("loganalyzer.chat")
 
@@ -56,6 +58,9 @@ class ChatConfig(StageConfig):
                                            f"estimate {CHARS_PER_TOKEN} characters per token")
     max_log_mb: float = Field(20.0, gt=0, description="largest log accepted (MB, after decompression)")
     timeout_s: float = Field(120.0, gt=0, description="seconds per request before it counts as failed")
+    redact: RedactMode = Field("auto", description=REDACT_MODE_HELP + "; applies to the log and the questions")
+    pii_entities: list[PiiEntity] = Field(list(DEFAULT_PII), description="personal data pseudonymised when "
+                                                                         "redacting (secrets always go)")
 
 
 class ChatError(RuntimeError):
@@ -147,13 +152,18 @@ class Turn:
     model: str = ""
     endpoint: str = ""
     notice: str = ""
+    redacted: str = ""  # what redaction replaced in this turn's request, in words
     error: str = ""
     request: dict = field(default_factory=dict)  # what to send again on Retry
+    redaction_counts: Counter = field(default_factory=Counter)
 
 
 class Chat:
     """The conversation and its client. ``messages`` is exactly what the model saw (the log inside the first user
-    message); ``turns`` is what the page shows."""
+    message, redacted when ``redacting``); ``turns`` is what the page shows.
+
+    With redaction active (``cfg.redact``, see ``loganalyzer.redact``) the log and every question are redacted with
+    one ``Redactor`` per conversation, so a host keeps its pseudonym from the log to a later question."""
 
     def __init__(self, cfg: ChatConfig, api_key: str | None = None, counter: TokenCounter | None = None):
         from openai import OpenAI
@@ -166,6 +176,31 @@ class Chat:
         self.turns: list[Turn] = []
         self.log_text = ""
         self._model = cfg.model
+        from loganalyzer.redact import redaction_active
+
+        self.redacting = redaction_active(cfg.redact, cfg.endpoint, "chat")
+        self._redactor = None
+
+    def adopt(self, old: Chat) -> None:
+        """Continue ``old``'s conversation on this connection; history that ``old`` sent unredacted is redacted
+        now when this one redacts (it is sent again with every request)."""
+        self.messages, self.turns, self.log_text, self._redactor = old.messages, old.turns, old.log_text, old._redactor
+        if self.redacting and not old.redacting:
+            self.messages = [{**m, "content": self._outgoing(m["content"], None)} for m in old.messages]
+
+    def _outgoing(self, text: str, turn: Turn | None) -> str:
+        """``text`` as it may leave: redacted when ``redacting``, the replacements added to ``turn``'s notice."""
+        if not self.redacting:
+            return text
+        from loganalyzer.redact import Redactor, describe
+
+        if self._redactor is None:
+            self._redactor = Redactor(self.cfg.pii_entities)
+        out, counts = self._redactor.redact(text)
+        if turn is not None and counts:
+            turn.redaction_counts.update(counts)
+            turn.redacted = f"{describe(turn.redaction_counts)} replaced before sending to {self.cfg.endpoint}"
+        return out
 
     # -- endpoint ---------------------------------------------------------------------------------------------
     def model(self) -> str:
@@ -221,16 +256,19 @@ class Chat:
     def reply_stream(self, turn: Turn) -> Iterator[str]:
         """Stream the reply of ``turn`` (the last one); on success it joins the model's history. Raises ChatError
         (the turn keeps the message, so Retry sends the same request again)."""
-        turn.error = turn.reply = turn.notice = ""
+        turn.error = turn.reply = turn.notice = turn.redacted = ""
+        turn.redaction_counts.clear()
         text, task = turn.request["text"], turn.request["task"]
+        text = self._outgoing(text, turn)
         first = not self.messages
         turn.model, turn.endpoint = self.model(), self.cfg.endpoint
         if first and self.log_text:
-            parts = split_log(self.log_text, self.count, self.log_budget)
+            log_text = self._outgoing(self.log_text, turn)
+            parts = split_log(log_text, self.count, self.log_budget)
             if len(parts) > 1:
                 yield from self._map_reduce(turn, parts, text, task)
                 return
-            user = first_user_message(text, self.log_text, task)
+            user = first_user_message(text, log_text, task)
         else:
             user = task_question(task) + load_prompts().answer_suffix if task else text
         messages = [*self.messages, {"role": "user", "content": user}]
@@ -269,8 +307,9 @@ class Chat:
             lines += ["## Log", "", "```", self.log_text.rstrip("\n"), "```", ""]
         for t in self.turns:
             lines += [f"**You:** {t.user}", ""]
-            if t.notice:
-                lines += [f"> {t.notice}", ""]
+            for note in (t.redacted, t.notice):
+                if note:
+                    lines += [f"> {note}", ""]
             if t.reply:
                 lines += [f"**Assistant** ({t.model} at {t.endpoint}):", "", t.reply, ""]
             elif t.error:

@@ -13,6 +13,9 @@ import streamlit as st
 from loganalyzer.chat import BUTTONS, Chat, ChatConfig, ChatError, read_log
 from loganalyzer.config import parse_config
 
+REDACT_HELP = ("redact=auto (default) redacts whenever the endpoint is not on loopback; start the app with "
+               "redact=on or redact=off to force it.")
+
 st.set_page_config(page_title="loganalyzer", page_icon=":mag:", layout="wide")
 
 
@@ -29,7 +32,7 @@ def _chat(cfg: ChatConfig, api_key: str) -> Chat:
     if chat is None or st.session_state.get("chat_key") != key:
         new = Chat(cfg, api_key=api_key or None)
         if chat is not None:
-            new.messages, new.turns, new.log_text = chat.messages, chat.turns, chat.log_text
+            new.adopt(chat)
         st.session_state.chat, st.session_state.chat_key = new, key
     return st.session_state.chat
 
@@ -42,6 +45,9 @@ with st.sidebar:
     api_key = st.text_input("API key (optional)", type="password", key="api_key")
     cfg = cfg.model_copy(update={"endpoint": endpoint.strip(), "model": model.strip()})
     chat = _chat(cfg, api_key)
+    st.caption("Redaction: " + ("on: secrets are removed and IPs, e-mails and card numbers pseudonymised before "
+                                "anything is sent" if chat.redacting else
+                                f"off ({cfg.redact}): the log is sent as it is"), help=REDACT_HELP)
     if st.button("New Chat", key="new_chat", use_container_width=True):
         chat.new_chat()
         st.session_state.pop("pasted", None)
@@ -78,6 +84,8 @@ for turn in chat.turns:
         st.markdown(turn.user)
     if turn.reply or turn.error or turn.notice:
         with st.chat_message("assistant"):
+            if turn.redacted:
+                st.info(turn.redacted, icon=":material/shield:")
             if turn.notice:
                 st.warning(turn.notice)
             if turn.reply:
@@ -107,6 +115,8 @@ if pending is not None:
     with st.chat_message("assistant"):
         try:
             st.write_stream(chat.reply_stream(pending))
+            if pending.redacted:
+                st.info(pending.redacted, icon=":material/shield:")
             if pending.notice:
                 st.warning(pending.notice)
             st.caption(f"answered by {pending.model} at {pending.endpoint}")

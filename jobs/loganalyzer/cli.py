@@ -7,6 +7,7 @@ import sys
 
 COMMANDS = {
     "chunk": ("loganalyzer.chunk", "chunk raw logs into 50-150-line samples"),
+    "redact": ("loganalyzer.redact", "remove secrets, pseudonymise IPs/e-mails/cards in chunks (Presidio)"),
     "synthesize": ("loganalyzer.synthesize", "generate training data with a teacher LLM"),
     "build-datasets": ("loganalyzer.build_datasets", "SFT chat splits + CPT corpus + stats/histogram"),
     "train": ("loganalyzer.train", "CPT (full) or SFT (LoRA) from a recipe; --plan for a sizing report"),

@@ -26,6 +26,7 @@ from pydantic import Field
 
 from loganalyzer.config import ConfigError, StageConfig, parse_config
 from loganalyzer.pipeline import load_definition
+from loganalyzer.redact import REDACT_MODE_HELP, RedactMode
 from loganalyzer.steps import TINY, teacher_kind
 
 log = logging.getLogger("loganalyzer.demo")
@@ -60,6 +61,7 @@ class DemoConfig(StageConfig):
     chunk_max_lines: int = 10
     max_chunks_per_file: int = 4
     synth_max_tokens: int = Field(1024, description="teacher reply cap (an LLM teacher)")
+    redact: RedactMode = Field("auto", description=REDACT_MODE_HELP + " (the DAG's redact task and synthesize)")
     val_size: int = 1
     test_size: int = 4
     cpt_recipe: str = "cpt_demo_cpu"
@@ -97,6 +99,7 @@ def run(cfg: DemoConfig) -> dict:
              teacher=kind, teacher_base_url=cfg.teacher_base_url, teacher_model=cfg.teacher_model, tasks=cfg.tasks,
              chunk_min_lines=cfg.chunk_min_lines, chunk_max_lines=cfg.chunk_max_lines,
              max_chunks_per_file=cfg.max_chunks_per_file, synth_max_tokens=cfg.synth_max_tokens,
+             redact_mode=cfg.redact,
              loghub_structured=[str(Path(p).resolve()) for p in structured],
              val_size=cfg.val_size, test_size=cfg.test_size, cpt_recipe=cfg.cpt_recipe, sft_recipe=cfg.sft_recipe,
              eval_max_new_tokens=cfg.eval_max_new_tokens, tracking_uri=f"sqlite:///{out / 'mlflow.db'}",

@@ -115,7 +115,8 @@ def parse_arguments(pairs: list[str], pipeline_func) -> dict:
 # Pipeline parameters whose values a stage config constrains: checked when the run starts, not hours later when
 # the stage that reads them fails.
 CHECKED_PARAMETERS = {"serve_deployment_mode": ("loganalyzer.deploy", "DeployConfig", "deployment_mode"),
-                      "sft_engine": ("loganalyzer.launch", "LaunchConfig", "engine")}
+                      "sft_engine": ("loganalyzer.launch", "LaunchConfig", "engine"),
+                      "redact_mode": ("loganalyzer.synthesize", "SynthesizeConfig", "redact")}
 
 
 def check_values(args: dict) -> None:

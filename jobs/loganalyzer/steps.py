@@ -107,18 +107,44 @@ def teacher_kind(teacher: str, teacher_base_url: str) -> str:
     return "llm" if teacher_base_url or os.environ.get("OPENAI_API_KEY") else "grounded"
 
 
+def teacher_endpoint(teacher: str, teacher_base_url: str) -> str:
+    """Where the teacher's requests go: the LLM endpoint (default OpenAI), or '' for the in-process teacher."""
+    from loganalyzer.synthesize import DEFAULT_BASE_URL
+
+    return teacher_base_url or DEFAULT_BASE_URL if teacher_kind(teacher, teacher_base_url) == "llm" else ""
+
+
+def redact(*, chunks: str, run_dir: str, mode: str, teacher: str, teacher_base_url: str) -> str:
+    """The chunks the rest of the DAG uses: redacted (``loganalyzer.redact``) into ``chunks.redacted.jsonl`` when
+    ``mode`` asks for it toward the teacher's endpoint, else ``chunks`` as they are.
+
+    This task does not hold the teacher's key, so ``teacher: auto`` without a URL counts as the default external
+    endpoint: in doubt, redact (synthesize may then find the key and send the chunks to OpenAI)."""
+    from loganalyzer.redact import RedactConfig, redaction_active, run
+    from loganalyzer.synthesize import DEFAULT_BASE_URL
+
+    teacher_kind(teacher, teacher_base_url)  # validates the name
+    endpoint = "" if teacher == "grounded" else teacher_base_url or DEFAULT_BASE_URL
+    if not redaction_active(mode, endpoint, "redact"):
+        log.info("redact (%s): nothing leaves for an external endpoint; the chunks go on as they are", mode)
+        return chunks
+    out = Path(run_dir) / "chunks.redacted.jsonl"
+    run(RedactConfig(chunks=chunks, out=str(out)))
+    return str(out)
+
+
 def synthesize(chunks: str, run_dir: str, teacher: str, teacher_base_url: str, teacher_model: str,
-               tasks: list[str], concurrency: int, max_tokens: int, limit: int) -> str:
+               tasks: list[str], concurrency: int, max_tokens: int, limit: int, redact: str = "auto") -> str:
     """Run the teacher (``teacher_kind``): an LLM at ``teacher_base_url`` (default OpenAI) or the grounded one."""
-    from loganalyzer.synthesize import DEFAULT_BASE_URL, SynthesizeConfig, run
+    from loganalyzer.synthesize import SynthesizeConfig, run
 
     out = Path(run_dir) / "synth"
     kind = teacher_kind(teacher, teacher_base_url)
     if kind == "grounded":
         log.info("teacher: the grounded offline teacher (Drain3 profile; not an LLM)")
     run(SynthesizeConfig(chunks=chunks, out=str(out), tasks=tasks, concurrency=concurrency, max_tokens=max_tokens,
-                         limit=limit or None, teacher=kind, base_url=teacher_base_url or DEFAULT_BASE_URL,
-                         model=teacher_model))
+                         limit=limit or None, teacher=kind, model=teacher_model, redact=redact,
+                         **({"base_url": teacher_endpoint(teacher, teacher_base_url)} if kind == "llm" else {})))
     return str(out)
 
 

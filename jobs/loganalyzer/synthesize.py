@@ -10,7 +10,13 @@ replies). Output directory:
   for text tasks, a list of ``{role, content}`` messages for ``conversation`` and a list of NLPLog records
   ``{instruction, log, output, domain}`` for ``nlplog_qa``.
 - ``rejects.jsonl``: every invalid or failed item ``{chunk_id, task, model, reason, ...}`` (append-only log).
-- ``summary.json``: counts of this run.
+- ``summary.json``: counts of this run, with ``redaction`` (mode, whether it ran, replacements per entity type).
+- ``chunks.redacted.jsonl``: when redaction ran, the chunks exactly as the teacher saw them; give this file to
+  ``build-datasets --chunks`` (each record's ``log_sha256`` is the hash of the log it was made from).
+
+Redaction (``loganalyzer.redact``): with ``redact: auto`` (default) every chunk is redacted (secrets removed,
+IPs / e-mails / card numbers pseudonymised consistently over the run) before it is sent to an endpoint that is
+not on loopback; ``on`` always, ``off`` never (with a warning naming an external endpoint).
 
 HTTP retries (429, 408, 409, 5xx, connection errors, timeouts) are the ``openai`` client's: exponential
 backoff with jitter, honouring ``Retry-After``; ``max_retries`` sets how many. Resumable: records are appended
@@ -21,6 +27,7 @@ and flushed one by one, a rerun skips every key already in ``records.jsonl`` (a 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -37,6 +44,7 @@ from pydantic import Field, field_validator
 from loganalyzer.config import ConfigError, StageConfig, parse_config
 from loganalyzer.io import JsonlWriter, read_jsonl
 from loganalyzer.prompts import ALL_TASKS, load_prompts
+from loganalyzer.redact import DEFAULT_PII, REDACT_MODE_HELP, PiiEntity, RedactMode
 
 log = logging.getLogger("loganalyzer.synthesize")
 
@@ -64,6 +72,9 @@ class SynthesizeConfig(StageConfig):
     nlplog_items: int = Field(3, ge=1, description="NLPLog Q&A records asked per chunk")
     json_mode: bool = Field(False, description="send response_format=json_object for JSON tasks")
     limit: int | None = Field(None, ge=1, description="only the first N chunks")
+    redact: RedactMode = Field("auto", description=REDACT_MODE_HELP)
+    pii_entities: list[PiiEntity] = Field(list(DEFAULT_PII), description="personal data pseudonymised when "
+                                                                         "redacting (secrets always go)")
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -223,7 +234,7 @@ async def _ask(client, cfg: SynthesizeConfig, task: str, chunk: dict) -> dict:
             reason = str(exc)
             continue
         usage = data.get("usage")
-        return {**base, "system": chunk.get("system", ""), "output": output,
+        return {**base, "system": chunk.get("system", ""), "output": output, "log_sha256": log_sha256(chunk),
                 "prompt_version": prompts.version, "attempts": attempt + 1, "usage": usage,
                 "latency_s": round(time.perf_counter() - t0, 3)}
     return {**base, "reason": reason, "attempts": cfg.validation_retries + 1, "rejected": True}
@@ -242,9 +253,36 @@ def _ask_grounded(cfg: SynthesizeConfig, task: str, chunk: dict) -> dict:
     except (ValueError, InvalidReply) as exc:  # InvalidReply is a ValueError too
         return {**base, "reason": f"{'invalid' if isinstance(exc, InvalidReply) else 'bad_input'}: {exc}",
                 "attempts": 1, "rejected": True}
-    return {**base, "system": chunk.get("system", ""), "output": output,
+    return {**base, "system": chunk.get("system", ""), "output": output, "log_sha256": log_sha256(chunk),
             "prompt_version": f"{grounded_teacher.NAME}-{grounded_teacher.VERSION}", "attempts": 1, "usage": None,
             "latency_s": round(time.perf_counter() - t0, 3)}
+
+
+def log_sha256(chunk: dict) -> str:
+    """Hex SHA-256 of a chunk's ``content`` (UTF-8): which text of the log a record was made from."""
+    return hashlib.sha256(chunk["content"].encode()).hexdigest()
+
+
+def _redact(cfg: SynthesizeConfig, chunks: list[dict], out: Path) -> tuple[list[dict], dict]:
+    """The chunks as they will be sent, and the summary's ``redaction`` entry (see the module docstring)."""
+    from loganalyzer.redact import Redactor, describe, redact_rows, redaction_active
+
+    endpoint = cfg.base_url if cfg.teacher == "llm" else ""
+    if not redaction_active(cfg.redact, endpoint, "synthesize"):
+        return chunks, {"mode": cfg.redact, "active": False}
+    t0 = time.perf_counter()
+    redactor = Redactor(cfg.pii_entities)
+    sent = redact_rows(chunks, redactor)
+    with JsonlWriter(out / "chunks.redacted.jsonl") as fh:
+        for row in sent:
+            fh.write(row)
+    info = {"mode": cfg.redact, "active": True, "pii_entities": cfg.pii_entities,
+            "chunks_changed": sum("redacted" in r for r in sent), "counts": dict(sorted(redactor.counts.items())),
+            "replaced": sum(redactor.counts.values()), "seconds": round(time.perf_counter() - t0, 3)}
+    log.info("synthesize: redacted before sending to %s: %d of %d chunks changed (%s); the chunks as sent: %s",
+             endpoint or "the in-process teacher", info["chunks_changed"], len(chunks),
+             describe(redactor.counts) or "nothing to replace", out / "chunks.redacted.jsonl")
+    return sent, info
 
 
 def _write(row: dict, task: str, records: JsonlWriter, rejects: JsonlWriter, counts: Counter) -> None:
@@ -308,13 +346,14 @@ def run(cfg: SynthesizeConfig) -> dict:
         chunks = chunks[: cfg.limit]
     if not chunks:
         raise ConfigError(f"--chunks {cfg.chunks}: no chunks in the file")
+    t0 = time.perf_counter()
+    chunks, redaction = _redact(cfg, chunks, out)
     items = [(t, c) for c in chunks for t in cfg.tasks if (c["id"], t, cfg.model) not in done]
     skipped = len(chunks) * len(cfg.tasks) - len(items)
     log.info("synthesize: %d chunks x %d tasks with %s at %s; %d done already, %d to ask (concurrency %d)",
              len(chunks), len(cfg.tasks), cfg.model, cfg.base_url or "(in process)", skipped, len(items),
              cfg.concurrency)
     counts: Counter[str] = Counter()
-    t0 = time.perf_counter()
     with JsonlWriter(records_path, append=True) as records, JsonlWriter(rejects_path, append=True) as rejects:
         if cfg.teacher == "grounded":
             _run_grounded(cfg, items, records, rejects, counts)
@@ -325,7 +364,8 @@ def run(cfg: SynthesizeConfig) -> dict:
                "tasks": cfg.tasks,
                "skipped_done": skipped, "asked": len(items), "accepted": accepted,
                "rejected": len(items) - accepted, "counts": dict(sorted(counts.items())),
-               "records_total": len(done) + accepted, "seconds": round(time.perf_counter() - t0, 2)}
+               "records_total": len(done) + accepted, "seconds": round(time.perf_counter() - t0, 2),
+               "redaction": redaction}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     log.info("synthesize summary: %s", json.dumps(summary))
     from loganalyzer.tracking import log_stage

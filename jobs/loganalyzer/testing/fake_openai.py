@@ -46,23 +46,25 @@ _REASONS = {200: "OK", 404: "Not Found", 429: "Too Many Requests", 500: "Interna
 
 
 class FakeOpenAI:
-    """Run the server on ``127.0.0.1:<port>`` in a background thread (``port=0`` picks a free one).
+    """Run the server on ``host:port`` (default ``127.0.0.1``) in a background thread (``port=0`` picks a free one).
 
     One asyncio event loop serves every connection (HTTP/1.1 keep-alive), so hundreds of concurrent requests
     with latency cost almost no CPU and the server is never the bottleneck of a client benchmark.
-    Attributes: ``base_url`` (``http://127.0.0.1:<port>/v1``), ``requests`` (count), ``attempts`` (per prompt
-    key), ``times`` (per prompt key: arrival timestamps, to check backoff), ``max_in_flight``.
+    Attributes: ``base_url`` (``http://127.0.0.1:<port>/v1``, on loopback whatever ``host`` is bound), ``requests``
+    (count), ``attempts`` (per prompt key), ``times`` (per prompt key: arrival timestamps, to check backoff),
+    ``max_in_flight``, ``bodies`` (every chat request body).
     """
 
     def __init__(self, latency_s: float = 0.0, schedule: list[list[str]] | None = None,
                  timeout_sleep_s: float = 2.0, retry_after_ms: int = 50, model: str = "fake-teacher",
-                 port: int = 0):
+                 port: int = 0, host: str = "127.0.0.1"):
         self.latency_s = latency_s
         self.schedule = schedule if schedule is not None else [[]]
         self.timeout_sleep_s = timeout_sleep_s
         self.retry_after_ms = retry_after_ms
         self.model = model
         self.port = port
+        self.host = host
         self.requests = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -96,7 +98,7 @@ class FakeOpenAI:
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(asyncio.start_server(self._connection, "127.0.0.1", self.port))
+        server = self._loop.run_until_complete(asyncio.start_server(self._connection, self.host, self.port))
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
         self._loop.run_forever()

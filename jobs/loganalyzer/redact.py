@@ -1,0 +1,500 @@
+"""Redaction — secrets removed and personal data pseudonymised before a log leaves for a teacher or an endpoint.
+
+    loganalyzer redact --chunks chunks.jsonl --out redacted/chunks.jsonl [pii_entities=[...]] [keep_mapping=true]
+
+Built on Microsoft Presidio: an ``AnalyzerEngine`` with pattern recognizers only and Presidio's ``NoOpNlpEngine``
+(no spaCy model: none is needed for these entities, and none is downloaded), and an ``AnonymizerEngine`` whose
+operators replace each finding. Called once per text (a whole chunk, a pasted log), not per line.
+
+**Secrets** are always removed, each replaced by a typed placeholder ``<SECRET:TYPE>``. ``SECRET_SOURCES`` says
+where each pattern comes from: most are the token formats of Yelp's ``detect-secrets`` plugins (imported from the
+installed package, so they follow its releases); the rest follow the format's specification (RFC 6750 bearer
+tokens, RFC 7617 Basic credentials, RFC 7519 JWTs, RFC 7468 PEM private-key blocks) or the vendor's documented
+key format, as written in gitleaks' rules.
+
+**Personal data** (``pii_entities``; default ``DEFAULT_PII``) is pseudonymised **consistently and
+format-preserving** within one ``Redactor`` (one run, one chat): the n-th distinct value of a type always becomes
+the n-th pseudonym, so "repeated failures from one host" stay visible and distinct values stay distinct:
+
+- ``IP_ADDRESS`` (Presidio's recognizer): IPv4 -> the documentation ranges 192.0.2.0/24, 198.51.100.0/24,
+  203.0.113.0/24 (RFC 5737), then 198.18.0.0/15 (RFC 2544) and 240.0.0.0/4; IPv6 -> 2001:db8::/32 (RFC 3849);
+  a CIDR suffix is kept. Not replaced (no personal data, and needed to read a log): loopback, unspecified,
+  multicast and broadcast addresses, netmasks, addresses already in those pseudonym ranges, and dotted numbers
+  written as versions (``v1.2.3.4``, ``version 10.0.0.1``).
+- ``EMAIL_ADDRESS`` (Presidio's recognizer; its domain check uses tldextract's bundled public-suffix snapshot,
+  never the network) -> ``user-N@example.com``; addresses at RFC 2606 example domains are left as they are.
+- ``CREDIT_CARD`` (Presidio's recognizer and Luhn check, on card layouts and issuer prefixes) -> a Luhn-valid
+  number of the same length and layout starting with 9 (no card network issues those, so a pseudonym is never
+  mistaken for a card again).
+- ``MAC_ADDRESS`` (Presidio's recognizer; off by default) -> 00:00:5E:00:53:xx (RFC 7042), then 02:00:00:xx:xx:xx,
+  keeping the separator.
+
+Redacting twice changes nothing (pseudonyms and placeholders are not recognised again), so a chunk redacted by
+this stage passes unchanged through ``synthesize``'s own redaction. Timestamps, PIDs, block ids, hex codes and
+version numbers are not flagged: ``tests/test_redact.py`` measures the share of changed Loghub lines.
+
+Stage outputs: ``--out`` (the chunks with ``content`` redacted and a per-chunk ``redacted`` count map),
+``redaction_summary.json`` beside it (counts per entity type; also logged to MLflow) and, only with
+``keep_mapping=true``, ``redaction_mapping.json`` (original -> pseudonym, mode 0600): it stays in the output
+directory and is never logged or sent anywhere.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import re
+import sys
+import time
+import typing
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field
+
+from loganalyzer.config import ConfigError, StageConfig, parse_config
+from loganalyzer.io import JsonlWriter, read_jsonl
+
+log = logging.getLogger("loganalyzer.redact")
+
+RedactMode = Literal["auto", "on", "off"]
+PiiEntity = Literal["IP_ADDRESS", "EMAIL_ADDRESS", "CREDIT_CARD", "MAC_ADDRESS"]
+REDACT_MODE_HELP = ("auto: redact when the endpoint is not on loopback; on: always; off: never (a warning names an "
+                    "external endpoint)")
+PII_ENTITIES: tuple[str, ...] = typing.get_args(PiiEntity)
+DEFAULT_PII = ("IP_ADDRESS", "EMAIL_ADDRESS", "CREDIT_CARD")
+# Singular and plural names for notices ("3 IPs, 1 GitHub token replaced ...").
+PII_LABELS = {"IP_ADDRESS": ("IP", "IPs"), "EMAIL_ADDRESS": ("e-mail address", "e-mail addresses"),
+              "CREDIT_CARD": ("card number", "card numbers"), "MAC_ADDRESS": ("MAC address", "MAC addresses")}
+
+
+@dataclass(frozen=True)
+class SecretPattern:
+    """One secret format: the placeholder's type, a label for notices, the regexes, and where they come from.
+
+    A regex with a group named ``secret`` replaces only that group (the value after ``password=``), else the whole
+    match."""
+
+    type: str
+    label: str
+    regexes: tuple[re.Pattern, ...]
+    source: str
+
+
+def _detect_secrets(module: str, cls: str, keep: slice = slice(None)) -> tuple[re.Pattern, ...]:
+    """The compiled ``denylist`` of a detect-secrets plugin (``keep`` selects some of them)."""
+    import importlib
+
+    return tuple(getattr(importlib.import_module(f"detect_secrets.plugins.{module}"), cls).denylist)[keep]
+
+
+_PEM_KEY = r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
+# Keys that name a secret in `key=value` / `key: value` pairs (case-insensitive); the value ends at whitespace,
+# a separator or a quote, or is a whole quoted string. An existing placeholder is not matched again.
+_SECRET_KEYS = (r"[\w.-]*(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?key|auth[_-]?token|access[_-]?token"
+                r"|refresh[_-]?token|session[_-]?token|private[_-]?key|credentials?)")
+_VALUE = r"""(?P<secret>"[^"\n]*"|'[^'\n]*'|(?!<SECRET:)[^\s,;&'"]+)"""
+
+
+@cache
+def secret_patterns() -> tuple[SecretPattern, ...]:
+    """Every supported secret format (see ``SECRET_SOURCES`` in the module docstring)."""
+    ds = "detect-secrets {} ({})"
+    return (
+        SecretPattern("PRIVATE_KEY", "private key", (
+            # RFC 7468 PEM block: the header, its base64 lines (newlines real or escaped as \n), the footer; a
+            # block cut off by the end of a chunk is removed to its last base64 line.
+            re.compile(_PEM_KEY + r"(?:(?:\s|\\n)+(?:[A-Za-z0-9+/=]{4,}|(?:Proc-Type|DEK-Info):[^\n]*?)"
+                       r"(?=\s|\\n|$|-----))*(?:(?:\s|\\n)*-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----)?"),),
+            "RFC 7468 PEM private-key labels (the headers detect-secrets' PrivateKeyDetector lists)"),
+        SecretPattern("AWS_KEY", "AWS key", (
+            *_detect_secrets("aws", "AWSKeyDetector", slice(0, 1)),  # access key ids: AKIA..., ASIA..., ...
+            re.compile(r"(?i)aws_?secret_?(?:access_?)?key\s*[=:]\s*[\"']?(?P<secret>[A-Za-z0-9/+]{40})(?![\w/+])")),
+            ds.format("AWSKeyDetector", "access key id") + "; secret access key assignments (gitleaks aws rule)"),
+        SecretPattern("GCP_API_KEY", "Google API key", (re.compile(r"\bAIza[0-9A-Za-z_-]{35}(?![\w-])"),),
+                      "Google API key format AIza + 35 chars (gitleaks gcp-api-key)"),
+        SecretPattern("GITHUB_TOKEN", "GitHub token", (
+            *_detect_secrets("github_token", "GitHubTokenDetector"),
+            re.compile(r"\bgithub_pat_\w{82}\b")),
+            ds.format("GitHubTokenDetector", "ghp_/gho_/ghu_/ghs_/ghr_") + "; fine-grained github_pat_ "
+            "(gitleaks github-fine-grained-pat)"),
+        SecretPattern("GITLAB_TOKEN", "GitLab token", _detect_secrets("gitlab_token", "GitLabTokenDetector"),
+                      ds.format("GitLabTokenDetector", "glpat-, runner, CI, ... tokens")),
+        SecretPattern("SLACK_TOKEN", "Slack token", _detect_secrets("slack", "SlackDetector"),
+                      ds.format("SlackDetector", "xox?- tokens, webhook URLs")),
+        SecretPattern("STRIPE_KEY", "Stripe key", (
+            *_detect_secrets("stripe", "StripeDetector"),
+            re.compile(r"\b(?:sk|rk)_(?:test|live|prod)_[0-9a-zA-Z]{10,99}\b")),
+            ds.format("StripeDetector", "live keys") + "; test/prod keys (gitleaks stripe-access-token)"),
+        SecretPattern("OPENAI_KEY", "OpenAI key", (
+            *_detect_secrets("openai", "OpenAIDetector"),
+            re.compile(r"\bsk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{20,}")),
+            ds.format("OpenAIDetector", "legacy keys") + "; project/service keys (gitleaks openai-api-key)"),
+        SecretPattern("API_TOKEN", "API token", tuple(
+            p for m, c in (("azure_storage_key", "AzureStorageKeyDetector"), ("discord", "DiscordBotTokenDetector"),
+                           ("mailchimp", "MailchimpDetector"), ("npm", "NpmDetector"), ("pypi_token",
+                           "PypiTokenDetector"), ("sendgrid", "SendGridDetector"), ("square_oauth",
+                           "SquareOAuthDetector"))
+            for p in _detect_secrets(m, c)),
+            # not TelegramBotTokenDetector: `\d{8,10}:` + 35 chars also matches storage WWIDs (Loghub HPC)
+            "detect-secrets Azure storage, Discord, Mailchimp, npm, PyPI, SendGrid, Square detectors"),
+        SecretPattern("JWT", "JWT", (re.compile(r"\beyJ[A-Za-z0-9_-]{2,}\.eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*"),),
+                      "RFC 7519 compact JWS (base64url header.payload.signature); detect-secrets JwtTokenDetector "
+                      "matches the same prefix"),
+        SecretPattern("AUTH_HEADER", "authorization credential", (
+            re.compile(r"(?i)\bbearer\s+(?P<secret>(?!<SECRET:)[A-Za-z0-9._~+/-]{8,}=*)"),  # RFC 6750 b64token
+            re.compile(r"(?i)\bbasic\s+(?P<secret>[A-Za-z0-9+/]{8,}={0,2})(?![\w+/=])"),  # RFC 7617 base64
+            re.compile(r"(?i)\b(?:proxy-)?authorization\s*[:=]\s*(?:(?:token|digest|negotiate|apikey)\s+)?"
+                       r"(?P<secret>(?!<SECRET:)(?!bearer\b|basic\b)[^\s,;]{8,})")),
+            "RFC 6750 bearer tokens, RFC 7617 Basic credentials, other Authorization header values"),
+        SecretPattern("URL_PASSWORD", "password in a URL", (
+            # RFC 3986 userinfo: the password may hold sub-delims (!$&'()*+,;=), and, written unencoded, '@':
+            # it ends at the authority's last '@'. (detect-secrets' BasicAuthDetector stops at sub-delims.)
+            re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s]*:(?P<secret>(?!<SECRET:)[^/?#\s]+)@"
+                       r"(?=[^@/?#\s]*(?:[/?#\s]|$))"),),
+            "RFC 3986 userinfo (scheme://user:PASSWORD@host)"),
+        SecretPattern("PASSWORD", "password", (re.compile(rf"(?i)(?<![<\w.-]){_SECRET_KEYS}[\"']?\s*[=:]\s*{_VALUE}"),),
+                      "key=value / key: value pairs whose key names a password, secret, API key or token "
+                      "(the keyword list of detect-secrets' KeywordDetector, for log formats)"),
+    )
+
+
+def secret_types() -> tuple[str, ...]:
+    return tuple(p.type for p in secret_patterns())
+
+
+# -- recognizers -------------------------------------------------------------------------------------------------
+def _recognizers(pii_entities: tuple[str, ...]) -> list:
+    from presidio_analyzer import LocalRecognizer, Pattern, RecognizerResult
+    from presidio_analyzer.predefined_recognizers import (
+        CreditCardRecognizer,
+        EmailRecognizer,
+        IpRecognizer,
+        MacAddressRecognizer,
+    )
+
+    class SecretRecognizer(LocalRecognizer):
+        """One ``SecretPattern``: each regex's ``secret`` group (or first group, or whole match), score 1."""
+
+        def __init__(self, pattern: SecretPattern):
+            self.pattern = pattern
+            super().__init__(supported_entities=[pattern.type], name=f"secret:{pattern.type}")
+
+        def load(self) -> None:
+            pass
+
+        def analyze(self, text, entities, nlp_artifacts=None):
+            results = []
+            for rx in self.pattern.regexes:
+                group = "secret" if "secret" in rx.groupindex else 0
+                for m in rx.finditer(text):
+                    start, end = m.span(group)
+                    if end > start:
+                        results.append(RecognizerResult(self.pattern.type, start, end, 1.0))
+            return results
+
+    class CardNumberRecognizer(CreditCardRecognizer):
+        """Presidio's card recognizer (its Luhn check) on card layouts only: 13-19 digits in one run, or groups of
+        four (Amex 4-6-5) with one separator, starting with an issuer prefix (ISO/IEC 7812 IINs: Visa 4,
+        Mastercard 51-55 and 2221-2720, Amex 34/37, Discover 6011/65, Diners 300-305/36/38, JCB 35), and not
+        inside a longer number, id or decimal. Presidio's own pattern takes any 3-5 digit groups, so an epoch
+        timestamp next to a year (Loghub BGL: ``1117838978 2005.06.03``) passes one time in ten."""
+
+        def __init__(self):
+            edge, end = r"(?<![\w.,:/-])", r"(?![\w]|[.,:/-]\w)"
+            iin = r"(?:4\d{3}|5[1-5]\d{2}|2[2-7]\d{2}|3[0568]\d{2}|6(?:011|5\d{2}))"
+            super().__init__(patterns=[
+                Pattern("card (one run)", edge + iin + r"\d{9,15}" + end, 0.3),
+                Pattern("card (groups of 4)", edge + iin + r"([ -])\d{4}\1\d{4}\1\d{1,7}" + end, 0.3),
+                Pattern("card (Amex 4-6-5)", edge + r"3[47]\d{2}([ -])\d{6}\1\d{5}" + end, 0.3)])
+
+    class OfflineEmailRecognizer(EmailRecognizer):
+        """Presidio's e-mail recognizer with tldextract on its bundled public-suffix snapshot (no download)."""
+
+        def validate_result(self, pattern_text: str) -> bool:
+            return _tld_extract()(pattern_text).fqdn != ""
+
+    class LogIpRecognizer(IpRecognizer):
+        """Presidio's IP recognizer minus dotted numbers written as versions (``v1.2.3.4``, ``version 1.2.3.4``).
+        A dotted number followed by more (``10.0.0.1.5000``) stays an IP: that is tcpdump's address.port."""
+
+        def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
+            return [r for r in super().analyze(text, entities, nlp_artifacts, regex_flags)
+                    if not _VERSION_BEFORE.search(text, max(0, r.start - 9), r.start)]
+
+    pii = {"IP_ADDRESS": LogIpRecognizer, "EMAIL_ADDRESS": OfflineEmailRecognizer,
+           "CREDIT_CARD": CardNumberRecognizer, "MAC_ADDRESS": MacAddressRecognizer}
+    return [*(SecretRecognizer(p) for p in secret_patterns()), *(pii[e]() for e in pii_entities)]
+
+
+_VERSION_BEFORE = re.compile(r"(?:\b[vV]|(?i:\bversion|\bver|\brelease)[\s:=]*)\Z")
+
+
+@cache
+def _tld_extract():
+    import tldextract
+
+    return tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)
+
+
+# -- pseudonyms --------------------------------------------------------------------------------------------------
+_IPV4_RANGES = tuple(ipaddress.ip_network(n) for n in
+                     ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "198.18.0.0/15", "240.0.0.0/4"))
+_IPV6_DOC = ipaddress.ip_network("2001:db8::/32")
+_EXAMPLE_DOMAIN = re.compile(r"(?i)@(?:[\w-]+\.)*(?:example\.(?:com|net|org)|example|test|invalid|localhost)$")
+_MAC_DOC = "00:00:5E:00:53:"
+
+
+def _luhn_digit(digits: str) -> str:
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        n = int(d) * (2 if i % 2 == 0 else 1)
+        total += n - 9 if n > 9 else n
+    return str((10 - total % 10) % 10)
+
+
+class Pseudonymizer:
+    """Consistent pseudonyms per entity type: the n-th distinct value becomes the n-th pseudonym (see module
+    docstring). ``keeps(type, value)`` says which values are left as they are; ``mapping`` is original ->
+    pseudonym per type."""
+
+    def __init__(self):
+        self.mapping: dict[str, dict[str, str]] = {e: {} for e in PII_ENTITIES}
+        self._make: dict[str, Callable[[str, int], str]] = {
+            "IP_ADDRESS": self._ip, "EMAIL_ADDRESS": lambda v, n: f"user-{n}@example.com",
+            "CREDIT_CARD": self._card, "MAC_ADDRESS": self._mac}
+
+    def __call__(self, entity: str, value: str) -> str:
+        seen = self.mapping[entity]
+        if value not in seen:
+            seen[value] = self._make[entity](value, len(seen) + 1)
+        return seen[value]
+
+    @staticmethod
+    def keeps(entity: str, value: str) -> bool:
+        if entity == "IP_ADDRESS":
+            try:
+                iface = ipaddress.ip_interface(value)
+            except ValueError:
+                return True
+            ip = iface.ip
+            if ip.is_loopback or ip.is_unspecified or ip.is_multicast or ip in _IPV6_DOC:
+                return True
+            if ip.version == 4:
+                inverse = ~int(ip) & 0xFFFFFFFF  # a netmask is ones then zeros: its inverse plus one is a power of 2
+                return inverse & (inverse + 1) == 0 or any(ip in r for r in _IPV4_RANGES)
+            return False
+        if entity == "EMAIL_ADDRESS":
+            return bool(_EXAMPLE_DOMAIN.search(value))
+        if entity == "MAC_ADDRESS":
+            v = value.upper().replace("-", ":")
+            return v.startswith(_MAC_DOC) or v in ("FF:FF:FF:FF:FF:FF", "00:00:00:00:00:00")
+        return False
+
+    @staticmethod
+    def _ip(value: str, n: int) -> str:
+        iface = ipaddress.ip_interface(value)
+        if iface.ip.version == 6:
+            ip = _IPV6_DOC[n]
+        else:
+            for net in _IPV4_RANGES:
+                hosts = net.num_addresses - 2  # no network or broadcast address
+                if n <= hosts:
+                    ip = net[n]
+                    break
+                n -= hosts
+            else:
+                raise RuntimeError("more distinct IPv4 addresses than pseudonyms (over 268 million)")
+        return f"{ip}/{iface.network.prefixlen}" if "/" in value else str(ip)
+
+    @staticmethod
+    def _card(value: str, n: int) -> str:
+        length = sum(c.isdigit() for c in value)
+        body = "9" + str(n).zfill(length - 2)
+        digits = iter(body + _luhn_digit(body))
+        return "".join(next(digits) if c.isdigit() else c for c in value)
+
+    @staticmethod
+    def _mac(value: str, n: int) -> str:
+        sep = "-" if "-" in value else ":"
+        mac = _MAC_DOC + f"{n - 1:02X}" if n <= 256 else "02:00:00:" + ":".join(
+            f"{b:02X}" for b in (n - 257).to_bytes(3, "big"))
+        mac = mac.replace(":", sep)
+        return mac.lower() if value.islower() else mac
+
+
+# -- the redactor ------------------------------------------------------------------------------------------------
+class Redactor:
+    """Remove secrets and pseudonymise ``pii_entities`` in texts; one instance = one consistent pseudonym space.
+
+    ``redact(text)`` returns ``(redacted_text, counts)`` with ``counts`` the replacements per entity type in that
+    text; ``counts`` (attribute) accumulates over every call. Raises ValueError for an unknown entity name.
+    """
+
+    def __init__(self, pii_entities: tuple[str, ...] | list[str] = DEFAULT_PII):
+        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+        from presidio_analyzer.nlp_engine import NoOpNlpEngine
+        from presidio_anonymizer import AnonymizerEngine
+
+        unknown = sorted(set(pii_entities) - set(PII_ENTITIES))
+        if unknown:
+            raise ValueError(f"unknown PII entities {unknown}; choose from {list(PII_ENTITIES)}")
+        self.pii_entities = tuple(pii_entities)
+        self._secret_types = frozenset(secret_types())
+        registry = RecognizerRegistry(recognizers=_recognizers(self.pii_entities), supported_languages=["en"])
+        nlp = NoOpNlpEngine(models=[{"lang_code": "en", "model_name": "none"}])
+        self.analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp, supported_languages=["en"])
+        self.anonymizer = AnonymizerEngine()
+        self.pseudonyms = Pseudonymizer()
+        self.counts: Counter[str] = Counter()
+
+    def find(self, text: str) -> list:
+        """Presidio's findings in ``text`` without overlaps: secrets win over personal data, then longer spans;
+        values the pseudonymizer keeps (loopback IPs, existing pseudonyms, ...) are left out."""
+        results = sorted(self.analyzer.analyze(text=text, language="en"),
+                         key=lambda r: (r.entity_type not in self._secret_types, r.start - r.end, r.start))
+        kept, taken = [], []
+        for r in results:
+            if r.entity_type not in self._secret_types and self.pseudonyms.keeps(r.entity_type, text[r.start:r.end]):
+                continue
+            if all(r.end <= s or r.start >= e for s, e in taken):
+                kept.append(r)
+                taken.append((r.start, r.end))
+        return kept
+
+    def redact(self, text: str) -> tuple[str, Counter[str]]:
+        from presidio_anonymizer.entities import OperatorConfig
+
+        found = self.find(text)
+        counts = Counter(r.entity_type for r in found)
+        if not found:
+            return text, counts
+        for r in sorted(found, key=lambda r: r.start):  # number pseudonyms in reading order
+            if r.entity_type not in self._secret_types:
+                self.pseudonyms(r.entity_type, text[r.start:r.end])
+        operators = {t: OperatorConfig("replace", {"new_value": f"<SECRET:{t}>"}) for t in counts
+                     if t in self._secret_types}
+        operators.update({t: OperatorConfig("custom", {"lambda": lambda v, t=t: self.pseudonyms(t, v)})
+                          for t in counts if t not in self._secret_types})
+        result = self.anonymizer.anonymize(text=text, analyzer_results=found, operators=operators,
+                                           merge_entities_with_spaces=False)
+        self.counts.update(counts)
+        return result.text, counts
+
+
+def describe(counts: Counter[str] | dict[str, int]) -> str:
+    """``"3 IPs, 1 GitHub token"``: the counts in words, most frequent first ('' when nothing was replaced)."""
+    labels = {**PII_LABELS, **{p.type: (p.label, p.label + "s") for p in secret_patterns()}}
+    return ", ".join(f"{n} {labels[t][n != 1]}" for t, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+                     if n)
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url``'s host is on loopback: ``localhost`` (and ``*.localhost``), 127.0.0.0/8 or ``::1``. Only
+    the literal host counts: a name is not resolved (DNS can point elsewhere tomorrow)."""
+    host = (urlsplit(url if "//" in url else f"//{url}").hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def redaction_active(mode: RedactMode, endpoint: str, what: str) -> bool:
+    """Whether texts sent to ``endpoint`` are redacted under ``mode`` (see ``REDACT_MODE_HELP``); ``off``
+    toward an endpoint that is not on loopback logs a warning naming it. ``what`` names the sender in logs."""
+    if mode == "on":
+        return True
+    external = bool(endpoint) and not is_loopback(endpoint)
+    if mode == "off":
+        if external:
+            log.warning("%s: redaction is off: logs go unredacted to %s, an endpoint that is not on loopback",
+                        what, endpoint)
+        return False
+    return external
+
+
+# -- the stage ---------------------------------------------------------------------------------------------------
+class RedactConfig(StageConfig):
+    """Remove secrets and pseudonymise personal data in chunks (Presidio), before they go to a teacher."""
+
+    chunks: str = Field(description="chunks JSON Lines from `loganalyzer chunk`")
+    out: str = Field(description="redacted chunks JSON Lines (redaction_summary.json is written beside it)")
+    pii_entities: list[PiiEntity] = Field(list(DEFAULT_PII), description="personal data to pseudonymise "
+                                                                          "(secrets are always removed)")
+    keep_mapping: bool = Field(False, description="write redaction_mapping.json (original -> pseudonym, mode 0600) "
+                                                  "beside --out; never logged or sent")
+
+
+def redact_rows(rows: list[dict], redactor: Redactor, desc: str = "redact") -> list[dict]:
+    """``rows`` with ``content`` redacted and a ``redacted`` count map per row (only when something changed)."""
+    from tqdm import tqdm
+
+    out = []
+    for row in tqdm(rows, desc=desc, unit="chunk", disable=len(rows) < 50):
+        text, counts = redactor.redact(row["content"])
+        out.append({**row, "content": text, **({"redacted": dict(counts)} if counts else {})})
+    return out
+
+
+def write_mapping(redactor: Redactor, path: Path) -> None:
+    """original -> pseudonym per entity type, readable by the owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({t: m for t, m in redactor.pseudonyms.mapping.items() if m}, fh, indent=2)
+
+
+def run(cfg: RedactConfig) -> dict:
+    """Redact every chunk of ``cfg.chunks`` into ``cfg.out``; return and write the summary."""
+    if not Path(cfg.chunks).is_file():
+        raise ConfigError(f"--chunks {cfg.chunks}: no such file (run `loganalyzer chunk` first)")
+    out = Path(cfg.out)
+    if out.resolve() == Path(cfg.chunks).resolve():
+        raise ConfigError(f"--out {cfg.out} is the input file; write the redacted chunks to another file")
+    try:
+        rows = list(read_jsonl(cfg.chunks, required=("id", "content")))
+    except ValueError as exc:
+        raise ConfigError(f"{exc}; every chunk row needs 'id' and 'content' (the output of `loganalyzer chunk`)") \
+            from None
+    t0 = time.perf_counter()
+    redactor = Redactor(cfg.pii_entities)
+    redacted = redact_rows(rows, redactor)
+    seconds = time.perf_counter() - t0
+    with JsonlWriter(out) as fh:
+        for row in redacted:
+            fh.write(row)
+    lines = sum(r["content"].count("\n") + 1 for r in rows)
+    summary = {"chunks": len(rows), "chunks_changed": sum("redacted" in r for r in redacted), "lines": lines,
+               "counts": dict(sorted(redactor.counts.items())), "replaced": sum(redactor.counts.values()),
+               "pii_entities": cfg.pii_entities, "secret_types": list(secret_types()),
+               "seconds": round(seconds, 3), "lines_per_s": round(lines / seconds, 1) if seconds else None}
+    summary_path = out.with_name("redaction_summary.json")
+    summary_path.write_text(json.dumps(summary, indent=2))
+    if cfg.keep_mapping:
+        write_mapping(redactor, out.with_name("redaction_mapping.json"))
+    log.info("redact: %d of %d chunks changed: %s", summary["chunks_changed"], len(rows),
+             describe(redactor.counts) or "nothing to replace")
+    from loganalyzer.tracking import log_stage
+
+    log_stage("redact", cfg.model_dump(), summary, [summary_path])
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    from loganalyzer.logs import setup_logging
+
+    setup_logging()
+    summary = run(parse_config(RedactConfig, "redact", argv))
+    print(json.dumps(summary, indent=2), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -106,7 +106,13 @@ def test_base_contents(renderings):
     docs = renderings["base"]
     assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"loganalyzer"}
     jobs = by_kind(docs, "Job")
-    assert set(jobs) == {f"loganalyzer-{s}" for s in ("chunk", "synthesize", "build-datasets", "evaluate")}
+    assert set(jobs) == {f"loganalyzer-{s}" for s in ("chunk", "redact", "synthesize", "build-datasets", "evaluate")}
+    # the teacher and the datasets get the redacted chunks
+    args = {n: j["spec"]["template"]["spec"]["containers"][0]["args"] for n, j in jobs.items()}
+    assert args["loganalyzer-redact"][:4] == ["--chunks", "$(RUN_DIR)/chunks.jsonl", "--out",
+                                              "$(RUN_DIR)/chunks.redacted.jsonl"]
+    assert args["loganalyzer-synthesize"][1] == args["loganalyzer-build-datasets"][1] == \
+        "$(RUN_DIR)/chunks.redacted.jsonl"
     assert all(j["spec"]["suspend"] is True for j in jobs.values())
     pvcs = by_kind(docs, "PersistentVolumeClaim")
     assert {"loganalyzer-data", "loganalyzer-models", "loganalyzer-mlflow"} <= set(pvcs)
@@ -165,6 +171,7 @@ def test_ray_sft_component(renderings):
 
 def test_serving_component_matches_the_deploy_step(renderings):
     """The shipped InferenceService is what `loganalyzer deploy` builds, and the chatbot points at it."""
+    from loganalyzer.chat import ChatConfig
     from loganalyzer.deploy import DeployConfig, inference_service
     from loganalyzer.k8s import to_dict
 
@@ -181,6 +188,7 @@ def test_serving_component_matches_the_deploy_step(renderings):
     assert env["LOGANALYZER_ENDPOINT"] == f"http://{isvc['metadata']['name']}-predictor/openai/v1"
     assert f"--model_name={env['LOGANALYZER_MODEL']}" in isvc["spec"]["predictor"]["model"]["args"]
     assert chatbot["image"].startswith("registry.example.com/loganalyzer/loganalyzer-chatbot:")
+    assert env["LOGANALYZER_CHAT_REDACT"] == "auto" and ChatConfig.model_fields["redact"].default == "auto"
     # the NetworkPolicy leaves the serving pods reachable from the ingress gateway / activator
     (policy,) = by_kind(docs, "NetworkPolicy").values()
     assert {"key": "app.kubernetes.io/component", "operator": "NotIn", "values": ["serving", "chatbot"]} in \
@@ -204,6 +212,7 @@ def test_chart_serving_matches_the_deploy_step_in_lora_mode(renderings):
     chatbot = by_kind(docs, "Deployment")["loganalyzer-chatbot"]["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "LOGANALYZER_ENDPOINT", "value": "http://loganalyzer-chat-predictor.loganalyzer.svc.cluster."
             "local/openai/v1"} in chatbot["env"]
+    assert {"name": "LOGANALYZER_CHAT_REDACT", "value": values["chatbot"].get("redact", "auto")} in chatbot["env"]
 
 
 def _knative_rejects(pod: dict) -> list[str]:

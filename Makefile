@@ -95,9 +95,10 @@ chromium: ## install Debian's chromium for the real-browser chatbot test (apt; P
 kube-local: ## build the local kube-apiserver the Kubernetes tests use (../shared/tools/kube-local; ~6 min once)
 	$(KUBE_LOCAL) build
 
-bench: install ## benchmarks (chunking, synthesis, CPT packing, chat latency, demo-model training; GPU training with CUDA)
+bench: install ## benchmarks (chunking, synthesis, redaction, CPT packing, chat latency, demo-model training; GPU training with CUDA)
 	cd benchmarks && ../$(BIN)/python bench_chunk.py
 	cd benchmarks && ../$(BIN)/python bench_synthesize.py
+	cd benchmarks && ../$(BIN)/python bench_redact.py
 	cd benchmarks && ../$(BIN)/python bench_pack.py
 	cd benchmarks && ../$(BIN)/python bench_chat_latency.py
 	cd benchmarks && ../$(BIN)/python bench_demo_train.py $(if $(wildcard runs/demo/timings.json),--demo-dir ../runs/demo,)

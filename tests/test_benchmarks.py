@@ -72,3 +72,17 @@ def test_device_wheels_carry_what_the_image_lacks_at_our_pins():
     assert {"trl", "datasets", "pydantic", "pydantic-core", "liger-kernel", "transformers"} <= carried
     assert not carried & {"torch", "triton", "numpy", "pyarrow", "pandas", "tokenizers"}  # in the image
     assert carried <= set(wheels.pins())  # every one pinned in constraints.txt
+
+
+def test_redaction_benchmark_arms_run_on_the_same_corpus():
+    """bench_redact's corpus carries a planted secret every 200 lines, and both arms process it (timings not
+    asserted: they are the benchmark's business)."""
+    from loganalyzer.redact import Redactor
+    from loganalyzer.testing.secrets import planted_secrets
+
+    redact_bench = importlib.import_module("bench_redact")
+    lines = redact_bench.corpus()[:600]
+    secrets = [s for _, s, _ in planted_secrets()]
+    assert sum(any(s in ln for s in secrets) for ln in lines) == 3
+    assert redact_bench.ours(lines) > 0 and redact_bench.presidio_line_by_line(lines, "blank") > 0
+    assert not [s for s in secrets[:3] if s in Redactor().redact("\n".join(lines))[0]]

@@ -235,3 +235,16 @@ def test_switching_to_an_external_endpoint_redacts_the_history(server):
     list(external.reply_stream(external.ask(text="and 10.1.1.1?")))
     assert server.bodies[-1]["messages"][-1]["content"] == "and 192.0.2.1?"
     assert "10.1.1.1" not in str(server.bodies[-1]["messages"])
+
+
+def test_settings_reach_the_page_unchanged():
+    """`loganalyzer chat` hands its settings to the Streamlit page as key=value: they parse back to the same config
+    (redact=off stays the word, the entity list a list)."""
+    from loganalyzer.chat import streamlit_command
+    from loganalyzer.config import parse_config
+
+    cfg = ChatConfig(endpoint="http://10.0.0.1:8000/v1", model="m", redact="off",
+                     pii_entities=["IP_ADDRESS", "MAC_ADDRESS"], temperature=0.5)
+    argv = streamlit_command(cfg)
+    page = parse_config(ChatConfig, "chat", argv[argv.index("--") + 1:])
+    assert page.model_dump(exclude={"port", "host"}) == cfg.model_dump(exclude={"port", "host"})

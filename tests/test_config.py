@@ -24,6 +24,16 @@ def test_precedence_defaults_yaml_env_flags(tmp_path, monkeypatch):
     assert parse_config(Cfg, "t", ["--name", "n", "tags=p,q"]).tags == ["p", "q"]
 
 
+def test_yes_no_on_off_are_words_unless_the_field_is_a_bool(monkeypatch):
+    """PyYAML reads on/off/yes/no as booleans (YAML 1.1): an override `redact=off` must stay the word."""
+    assert parse_config(Cfg, "t", ["name=off"]).name == "off"
+    assert parse_config(Cfg, "t", ["--name", "no", "flag=on"]).flag is True
+    monkeypatch.setenv("LOGANALYZER_T_NAME", "Yes")
+    monkeypatch.setenv("LOGANALYZER_T_FLAG", "off")
+    assert (parse_config(Cfg, "t", []).name, parse_config(Cfg, "t", []).flag) == ("Yes", False)
+    assert parse_config(Cfg, "t", ["flag=true", "size=4"]).flag is True
+
+
 @pytest.mark.parametrize("argv, env, message", [
     (["--name", "n", "colour=red"], {}, "unknown key"),
     (["--name", "n"], {"LOGANALYZER_T_COLOUR": "red"}, "unknown key"),

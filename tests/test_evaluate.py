@@ -51,3 +51,23 @@ def test_missing_model_dir_is_a_usage_error(tiny_env, tmp_path):
         run(EvaluateConfig(test=str(tiny_env["datasets"] / "sft_test.jsonl"), models=["base=/nope"],
                            out=str(tmp_path)))
     assert e.value.code == 2
+
+
+def test_endpoint_prompts_and_references_are_redacted_alike(tmp_path):
+    """`redact: on` (or auto toward a non-loopback endpoint): no secret reaches the endpoint, and the reference
+    names the host by the pseudonym the model was shown."""
+    log = "sshd[7]: Failed password for root from 10.3.4.5 port 22\nenv: password=hunter2hunter2"
+    rows = [{"id": f"c{i}/summarize", "task": "summarize", "messages": [
+        {"role": "user", "content": f"Summarize.\n\nLog content:\n\n{log}\nline {i}"},
+        {"role": "assistant", "content": "Root login attempts from 10.3.4.5 failed."}]} for i in range(3)]
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with FakeOpenAI() as srv:
+        run(EvaluateConfig(test=str(test), endpoint=srv.base_url, models=["m=fake"], out=str(tmp_path / "e"),
+                           n_boot=10, redact="on"))
+        sent = json.dumps(srv.bodies)
+    assert len(srv.bodies) == 3 and "10.3.4.5" not in sent and "hunter2hunter2" not in sent
+    assert "192.0.2.1" in sent and "<SECRET:PASSWORD>" in sent
+    preds = [json.loads(x) for x in (tmp_path / "e" / "predictions_m.jsonl").read_text().splitlines()]
+    assert {p["reference"] for p in preds} == {"Root login attempts from 192.0.2.1 failed."}
+    assert json.loads((tmp_path / "e" / "redaction.json").read_text())["counts"] == {"IP_ADDRESS": 6, "PASSWORD": 3}

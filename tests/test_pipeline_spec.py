@@ -295,3 +295,15 @@ def test_pipeline_run_checks_constrained_values_before_starting(fake_kfp):
 def test_pipeline_run_unreachable_host():
     result = _run_cli("http://127.0.0.1:9", "--namespace", "kubeflow", "--image-registry", REGISTRY)
     assert result.returncode == 1 and "could not start the run on http://127.0.0.1:9" in result.stderr
+
+
+def test_redact_mode_parameter_stays_a_word_and_is_checked(definition, capsys):
+    from loganalyzer.config import ConfigError
+    from loganalyzer.pipeline import check_values, parse_arguments
+
+    args = parse_arguments(["redact_mode=off", "synth_limit=5", "serve_lora=true"], definition.build("cluster"))
+    assert args == {"redact_mode": "off", "synth_limit": 5, "serve_lora": True}  # not False: YAML 1.1's "off"
+    check_values(args)
+    with pytest.raises(ConfigError):
+        check_values({"redact_mode": "of"})
+    assert "redact_mode='of'" in capsys.readouterr().err

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,8 @@ from conftest import loghub_file
 from loganalyzer import tracking
 from loganalyzer.chunk import ChunkConfig
 from loganalyzer.chunk import run as chunk
+from loganalyzer.redact import RedactConfig
+from loganalyzer.redact import run as redact
 from loganalyzer.serve import free_port
 
 
@@ -46,13 +49,20 @@ def test_parent_and_nested_stage_runs_on_a_real_server(mlflow_server, monkeypatc
     parent = tracking.start_parent("pipeline", {"base_model": "tiny"}, tags={"kfp.run_id": "kfp-run-123"})
     monkeypatch.setenv(tracking.PARENT_ENV, parent)
     chunk(ChunkConfig(logs=[str(loghub_file("HDFS"))], out=str(tmp_path / "c.jsonl"), max_chunks_per_file=2))
+    redacted = redact(RedactConfig(chunks=str(tmp_path / "c.jsonl"), out=str(tmp_path / "r.jsonl")))
     tracking.end_parent(parent)
     client = mlflow.tracking.MlflowClient()
     assert client.get_run(parent).info.status == "FINISHED"
     exp = client.get_experiment_by_name("test-tracking")
-    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
-    assert len(children) == 1
-    child = children[0]
+    children = {r.data.tags["loganalyzer.stage"]: r for r in
+                client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")}
+    assert set(children) == {"chunk", "redact"}
+    # the redaction counts per entity type are metrics of the redact stage's run (HDFS lines name DataNode IPs)
+    assert redacted["counts"]["IP_ADDRESS"] > 0
+    assert children["redact"].data.metrics["counts.IP_ADDRESS"] == redacted["counts"]["IP_ADDRESS"]
+    assert json.loads(children["redact"].data.params["cfg.pii_entities"]) == ["IP_ADDRESS", "EMAIL_ADDRESS",
+                                                                               "CREDIT_CARD"]
+    child = children["chunk"]
     assert child.data.tags["loganalyzer.stage"] == "chunk" and child.data.tags["kfp.run_id"] == "kfp-run-123"
     assert child.data.metrics["chunks"] == 2 and child.data.params["cfg.max_chunks_per_file"] == "2"
     assert [a.path for a in client.list_artifacts(child.info.run_id)] == ["c.jsonl.rejects.jsonl"]

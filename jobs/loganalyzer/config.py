@@ -150,9 +150,20 @@ def parse_config(cls: type[C], stage: str, argv: list[str] | None = None,
         raise ConfigError(f"invalid {stage} configuration:\n" + "\n".join(lines)) from None
 
 
+# YAML 1.1 reads these words as booleans (PyYAML follows it); YAML 1.2 and pydantic keep them strings, and
+# pydantic still turns them into booleans for a bool field. So `redact=off` and `save_strategy=no` mean the word.
+_YAML11_BOOLS = frozenset({"y", "n", "yes", "no", "on", "off"})
+
+
+def parse_value(raw: str) -> Any:
+    """A value typed on a command line or in env: YAML (numbers, true/false, [a, b] lists, strings), except that
+    the YAML 1.1 boolean words (yes/no/on/off) stay strings."""
+    return raw if raw == "" or raw.strip().lower() in _YAML11_BOOLS else yaml.safe_load(raw)
+
+
 def _coerce(cls: type[StageConfig], key: str, raw: str) -> Any:
-    """Strings from env/overrides: YAML-parse them (numbers, bools, lists), split lists on commas."""
-    value = yaml.safe_load(raw) if raw != "" else ""
+    """Strings from env/overrides: ``parse_value``, and lists split on commas."""
+    value = parse_value(raw)
     if _is_list(cls.model_fields[key].annotation) and isinstance(value, str):
         return [v for v in value.split(",") if v]
     return value

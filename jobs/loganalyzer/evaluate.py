@@ -5,7 +5,10 @@
 Each test row is scored on its last assistant message: the prompt is every message before it (one user turn
 for single-answer tasks, the history for conversations). Decoding is fixed and greedy (``do_sample=False``,
 ``max_new_tokens``), either in-process (batched HF generation, left padding) or, with ``--endpoint URL``, through
-any OpenAI-compatible server (``temperature=0``; ``name=MODEL`` then names the served model).
+any OpenAI-compatible server (``temperature=0``; ``name=MODEL`` then names the served model). Toward an endpoint
+that is not on loopback the prompts are redacted first (``redact: auto``, see ``loganalyzer.redact``), and the
+references with the same pseudonyms, so that answers are scored against what the model was shown;
+``redaction.json`` then holds the counts.
 
 Writes ``predictions_<name>.jsonl`` ({id, task, system, prediction, reference}), ``report.json``
 (``{name: {six metrics, <metric>_ci95, n, per_task: {task: {n, six metrics}}}}`` (per-task values from the
@@ -30,6 +33,7 @@ from pydantic import Field, field_validator
 from loganalyzer.config import ConfigError, StageConfig, parse_config
 from loganalyzer.io import JsonlWriter, read_jsonl
 from loganalyzer.metrics import METRICS, aggregate, paired_bootstrap, per_sample, score
+from loganalyzer.redact import REDACT_MODE_HELP, RedactMode
 
 log = logging.getLogger("loganalyzer.evaluate")
 
@@ -48,6 +52,7 @@ class EvaluateConfig(StageConfig):
     n_boot: int = Field(1000, ge=10)
     seed: int = 1309
     metrics_backend: str = Field("auto", description="auto (evaluate's modules if they load), evaluate, builtin")
+    redact: RedactMode = Field("auto", description=REDACT_MODE_HELP + "; with --endpoint")
 
     @field_validator("models")
     @classmethod
@@ -112,6 +117,25 @@ def generate_endpoint(model: str, prompts: list[list[dict]], cfg: EvaluateConfig
 
     with ThreadPoolExecutor(cfg.concurrency) as pool:
         return list(tqdm(pool.map(ask, prompts), total=len(prompts), desc=f"generate {model}", unit="req"))
+
+
+def redact_for_endpoint(cfg: EvaluateConfig, prompts: list[list[dict]], refs: list[str],
+                        out: Path) -> tuple[list[list[dict]], list[str]]:
+    """Prompts and references redacted with one pseudonym space when ``cfg.redact`` is active toward
+    ``cfg.endpoint`` (counts in ``out/redaction.json``); unchanged otherwise."""
+    from loganalyzer.redact import Redactor, describe, redaction_active
+
+    if not redaction_active(cfg.redact, cfg.endpoint, "evaluate"):
+        return prompts, refs
+    redactor = Redactor()
+    new_prompts, new_refs = [], []
+    for prompt, ref in zip(prompts, refs, strict=True):  # the prompt first: its pseudonyms carry to the reference
+        new_prompts.append([{**m, "content": redactor.redact(m["content"])[0]} for m in prompt])
+        new_refs.append(redactor.redact(ref)[0])
+    counts = dict(sorted(redactor.counts.items()))
+    (out / "redaction.json").write_text(json.dumps({"endpoint": cfg.endpoint, "counts": counts}, indent=2))
+    log.info("evaluate: redacted before sending to %s: %s", cfg.endpoint, describe(counts) or "nothing to replace")
+    return new_prompts, new_refs
 
 
 def example(rows: list[dict], predictions: dict[str, list[str]]) -> dict:
@@ -207,14 +231,16 @@ def run(cfg: EvaluateConfig) -> dict:
         raise ConfigError(f"--test {cfg.test}: no test rows")
     pairs = [prompt_and_reference(r) for r in rows]
     prompts, refs = [p for p, _ in pairs], [r for _, r in pairs]
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.endpoint:
+        prompts, refs = redact_for_endpoint(cfg, prompts, refs, out)
     models = dict(item.split("=", 1) for item in cfg.models)
     if not cfg.endpoint:  # a hub id ("org/name") is fine; a path that does not exist is not
         missing = {n: d for n, d in models.items()
                    if not Path(d).is_dir() and (d.startswith(("/", ".", "~")) or d.count("/") != 1)}
         if missing:
             raise ConfigError(f"--models: no such model dir(s) {missing} (give a model dir or a hub id org/name)")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     report: dict = {}
     samples: dict[str, dict] = {}
     predictions: dict[str, list[str]] = {}

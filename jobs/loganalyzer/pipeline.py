@@ -135,11 +135,14 @@ def check_values(args: dict) -> None:
 
 
 def _value(raw: str):
-    """JSON first (so 2e-5 is a number), then YAML (unquoted strings, [a, b] lists), else the string."""
+    """JSON first (so 2e-5 is a number), then ``config.parse_value`` (unquoted strings, [a, b] lists; on/off stay
+    words)."""
+    from loganalyzer.config import parse_value
+
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
-        return yaml.safe_load(raw) if raw else ""
+        return parse_value(raw)
 
 
 IMAGES = ("jobs", "train", "chatbot")

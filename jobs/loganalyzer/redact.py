@@ -6,11 +6,11 @@ Built on Microsoft Presidio: an ``AnalyzerEngine`` with pattern recognizers only
 (no spaCy model: none is needed for these entities, and none is downloaded), and an ``AnonymizerEngine`` whose
 operators replace each finding. Called once per text (a whole chunk, a pasted log), not per line.
 
-**Secrets** are always removed, each replaced by a typed placeholder ``<SECRET:TYPE>``. ``SECRET_SOURCES`` says
-where each pattern comes from: most are the token formats of Yelp's ``detect-secrets`` plugins (imported from the
-installed package, so they follow its releases); the rest follow the format's specification (RFC 6750 bearer
-tokens, RFC 7617 Basic credentials, RFC 7519 JWTs, RFC 7468 PEM private-key blocks) or the vendor's documented
-key format, as written in gitleaks' rules.
+**Secrets** are always removed, each replaced by a typed placeholder ``<SECRET:TYPE>``. Where each pattern comes
+from is its ``SecretPattern.source`` in ``secret_patterns()``: most are the token formats of Yelp's
+``detect-secrets`` plugins (imported from the installed package, so they follow its releases); the rest follow
+the format's specification (RFC 6750 bearer tokens, RFC 7617 Basic credentials, RFC 7519 JWTs, RFC 7468 PEM
+private-key blocks, RFC 3986 userinfo) or the vendor's documented key format, as written in gitleaks' rules.
 
 **Personal data** (``pii_entities``; default ``DEFAULT_PII``) is pseudonymised **consistently and
 format-preserving** within one ``Redactor`` (one run, one chat): the n-th distinct value of a type always becomes
@@ -98,14 +98,15 @@ def _detect_secrets(module: str, cls: str, keep: slice = slice(None)) -> tuple[r
 _PEM_KEY = r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
 # Keys that name a secret in `key=value` / `key: value` pairs (case-insensitive); the value ends at whitespace,
 # a separator or a quote, or is a whole quoted string. An existing placeholder is not matched again.
-_SECRET_KEYS = (r"[\w.-]*(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?key|auth[_-]?token|access[_-]?token"
-                r"|refresh[_-]?token|session[_-]?token|private[_-]?key|credentials?)")
+# A bare `pwd` is the working directory in env dumps, so it needs a prefix (db_pwd).
+_SECRET_KEYS = (r"(?:[\w.-]*(?:password|passwd|secret|api[_-]?key|access[_-]?key|auth[_-]?token|access[_-]?token"
+                r"|refresh[_-]?token|session[_-]?token|private[_-]?key)|[\w.-]*[_.-]pwd)")
 _VALUE = r"""(?P<secret>"[^"\n]*"|'[^'\n]*'|(?!<SECRET:)[^\s,;&'"]+)"""
 
 
 @cache
 def secret_patterns() -> tuple[SecretPattern, ...]:
-    """Every supported secret format (see ``SECRET_SOURCES`` in the module docstring)."""
+    """Every supported secret format; each one's ``source`` says where its patterns come from."""
     ds = "detect-secrets {} ({})"
     return (
         SecretPattern("PRIVATE_KEY", "private key", (
@@ -137,23 +138,29 @@ def secret_patterns() -> tuple[SecretPattern, ...]:
             *_detect_secrets("openai", "OpenAIDetector"),
             re.compile(r"\bsk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{20,}")),
             ds.format("OpenAIDetector", "legacy keys") + "; project/service keys (gitleaks openai-api-key)"),
-        SecretPattern("API_TOKEN", "API token", tuple(
-            p for m, c in (("azure_storage_key", "AzureStorageKeyDetector"), ("discord", "DiscordBotTokenDetector"),
-                           ("mailchimp", "MailchimpDetector"), ("npm", "NpmDetector"), ("pypi_token",
-                           "PypiTokenDetector"), ("sendgrid", "SendGridDetector"), ("square_oauth",
-                           "SquareOAuthDetector"))
-            for p in _detect_secrets(m, c)),
+        SecretPattern("API_TOKEN", "API token", (
             # not TelegramBotTokenDetector: `\d{8,10}:` + 35 chars also matches storage WWIDs (Loghub HPC)
-            "detect-secrets Azure storage, Discord, Mailchimp, npm, PyPI, SendGrid, Square detectors"),
+            *(p for m, c in (("azure_storage_key", "AzureStorageKeyDetector"), ("discord", "DiscordBotTokenDetector"),
+                             ("mailchimp", "MailchimpDetector"), ("npm", "NpmDetector"),
+                             ("pypi_token", "PypiTokenDetector"), ("sendgrid", "SendGridDetector"),
+                             ("square_oauth", "SquareOAuthDetector"))
+              for p in _detect_secrets(m, c)),
+            # `token=...` in a query string or a key-value pair: 12+ token characters with a digit
+            re.compile(r"(?i)(?<![<\w.-])token[\"']?\s*[=:]\s*(?P<secret>(?=[\w.~+/-]*\d)[\w.~+/-]{12,}=*)")),
+            "detect-secrets Azure storage, Discord, Mailchimp, npm, PyPI, SendGrid, Square detectors; token= pairs"),
         SecretPattern("JWT", "JWT", (re.compile(r"\beyJ[A-Za-z0-9_-]{2,}\.eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*"),),
                       "RFC 7519 compact JWS (base64url header.payload.signature); detect-secrets JwtTokenDetector "
                       "matches the same prefix"),
         SecretPattern("AUTH_HEADER", "authorization credential", (
-            re.compile(r"(?i)\bbearer\s+(?P<secret>(?!<SECRET:)[A-Za-z0-9._~+/-]{8,}=*)"),  # RFC 6750 b64token
-            re.compile(r"(?i)\bbasic\s+(?P<secret>[A-Za-z0-9+/]{8,}={0,2})(?![\w+/=])"),  # RFC 7617 base64
-            re.compile(r"(?i)\b(?:proxy-)?authorization\s*[:=]\s*(?:(?:token|digest|negotiate|apikey)\s+)?"
-                       r"(?P<secret>(?!<SECRET:)(?!bearer\b|basic\b)[^\s,;]{8,})")),
-            "RFC 6750 bearer tokens, RFC 7617 Basic credentials, other Authorization header values"),
+            # the value of an Authorization header, whatever its scheme
+            re.compile(r"(?i)\b(?:proxy-)?authorization\s*[:=]\s*(?:(?:bearer|basic|token|negotiate|apikey)\s+)?"
+                       r"(?P<secret>(?!<SECRET:)[^\s,;\"'\[\]]{8,})"),
+            # outside a header: an RFC 6750 b64token after "Bearer", base64 (RFC 7617) after "Basic"; a word such
+            # as "Basic authentication" is not one (a digit, and for Basic mixed case, are required)
+            re.compile(r"(?i)\bbearer\s+(?P<secret>(?!<SECRET:)(?=[\w.~+/-]*\d)[A-Za-z0-9._~+/-]{8,}=*)"),
+            re.compile(r"\b[Bb]asic\s+(?P<secret>(?=[A-Za-z0-9+/]*\d)(?=[A-Za-z0-9+/]*[a-z])(?=[A-Za-z0-9+/]*[A-Z])"
+                       r"[A-Za-z0-9+/]{8,}={0,2})(?![\w+/=])")),
+            "RFC 6750 bearer tokens, RFC 7617 Basic credentials, Authorization header values"),
         SecretPattern("URL_PASSWORD", "password in a URL", (
             # RFC 3986 userinfo: the password may hold sub-delims (!$&'()*+,;=), and, written unencoded, '@':
             # it ends at the authority's last '@'. (detect-secrets' BasicAuthDetector stops at sub-delims.)
@@ -434,15 +441,10 @@ class RedactConfig(StageConfig):
                                                   "beside --out; never logged or sent")
 
 
-def redact_rows(rows: list[dict], redactor: Redactor, desc: str = "redact") -> list[dict]:
-    """``rows`` with ``content`` redacted and a ``redacted`` count map per row (only when something changed)."""
-    from tqdm import tqdm
-
-    out = []
-    for row in tqdm(rows, desc=desc, unit="chunk", disable=len(rows) < 50):
-        text, counts = redactor.redact(row["content"])
-        out.append({**row, "content": text, **({"redacted": dict(counts)} if counts else {})})
-    return out
+def redact_row(row: dict, redactor: Redactor) -> dict:
+    """A chunk row with ``content`` redacted, and a ``redacted`` count map when something was replaced."""
+    text, counts = redactor.redact(row["content"])
+    return {**row, "content": text, **({"redacted": dict(counts)} if counts else {})}
 
 
 def write_mapping(redactor: Redactor, path: Path) -> None:
@@ -466,7 +468,9 @@ def run(cfg: RedactConfig) -> dict:
             from None
     t0 = time.perf_counter()
     redactor = Redactor(cfg.pii_entities)
-    redacted = redact_rows(rows, redactor)
+    from tqdm import tqdm
+
+    redacted = [redact_row(r, redactor) for r in tqdm(rows, desc="redact", unit="chunk", disable=len(rows) < 50)]
     seconds = time.perf_counter() - t0
     with JsonlWriter(out) as fh:
         for row in redacted:

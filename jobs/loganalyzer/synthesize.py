@@ -263,26 +263,45 @@ def log_sha256(chunk: dict) -> str:
     return hashlib.sha256(chunk["content"].encode()).hexdigest()
 
 
-def _redact(cfg: SynthesizeConfig, chunks: list[dict], out: Path) -> tuple[list[dict], dict]:
-    """The chunks as they will be sent, and the summary's ``redaction`` entry (see the module docstring)."""
-    from loganalyzer.redact import Redactor, describe, redact_rows, redaction_active
+class _Redaction:
+    """The run's redaction (see the module docstring): ``__call__`` turns each chunk, in chunk order, into what is
+    sent; ``finish`` writes ``chunks.redacted.jsonl`` and returns the summary's ``redaction`` entry."""
 
-    endpoint = cfg.base_url if cfg.teacher == "llm" else ""
-    if not redaction_active(cfg.redact, endpoint, "synthesize"):
-        return chunks, {"mode": cfg.redact, "active": False}
-    t0 = time.perf_counter()
-    redactor = Redactor(cfg.pii_entities)
-    sent = redact_rows(chunks, redactor)
-    with JsonlWriter(out / "chunks.redacted.jsonl") as fh:
-        for row in sent:
-            fh.write(row)
-    info = {"mode": cfg.redact, "active": True, "pii_entities": cfg.pii_entities,
-            "chunks_changed": sum("redacted" in r for r in sent), "counts": dict(sorted(redactor.counts.items())),
-            "replaced": sum(redactor.counts.values()), "seconds": round(time.perf_counter() - t0, 3)}
-    log.info("synthesize: redacted before sending to %s: %d of %d chunks changed (%s); the chunks as sent: %s",
-             endpoint or "the in-process teacher", info["chunks_changed"], len(chunks),
-             describe(redactor.counts) or "nothing to replace", out / "chunks.redacted.jsonl")
-    return sent, info
+    def __init__(self, cfg: SynthesizeConfig):
+        from loganalyzer.redact import redaction_active
+
+        self.cfg, self.endpoint = cfg, cfg.base_url if cfg.teacher == "llm" else ""
+        self.active = redaction_active(cfg.redact, self.endpoint, "synthesize")
+        self.redactor, self.sent, self.seconds = None, [], 0.0
+
+    def __call__(self, chunk: dict) -> dict:
+        if not self.active:
+            return chunk
+        from loganalyzer.redact import Redactor, redact_row
+
+        t0 = time.perf_counter()
+        if self.redactor is None:
+            self.redactor = Redactor(self.cfg.pii_entities)
+        self.sent.append(redact_row(chunk, self.redactor))
+        self.seconds += time.perf_counter() - t0
+        return self.sent[-1]
+
+    def finish(self, out: Path) -> dict:
+        if not self.active:
+            return {"mode": self.cfg.redact, "active": False}
+        from loganalyzer.redact import describe
+
+        with JsonlWriter(out / "chunks.redacted.jsonl") as fh:
+            for row in self.sent:
+                fh.write(row)
+        counts = dict(sorted(self.redactor.counts.items())) if self.redactor else {}
+        info = {"mode": self.cfg.redact, "active": True, "pii_entities": self.cfg.pii_entities,
+                "chunks_changed": sum("redacted" in r for r in self.sent), "counts": counts,
+                "replaced": sum(counts.values()), "seconds": round(self.seconds, 3)}
+        log.info("synthesize: redacted before sending to %s: %d of %d chunks changed (%s); the chunks as sent: %s",
+                 self.endpoint or "the in-process teacher", info["chunks_changed"], len(self.sent),
+                 describe(counts) or "nothing to replace", out / "chunks.redacted.jsonl")
+        return info
 
 
 def _write(row: dict, task: str, records: JsonlWriter, rejects: JsonlWriter, counts: Counter) -> None:
@@ -294,35 +313,48 @@ def _write(row: dict, task: str, records: JsonlWriter, rejects: JsonlWriter, cou
         counts[f"accepted:{task}"] += 1
 
 
-def _run_grounded(cfg: SynthesizeConfig, items: list[tuple[str, dict]], records: JsonlWriter,
-                  rejects: JsonlWriter, counts: Counter) -> None:
+def _run_grounded(cfg: SynthesizeConfig, chunks: list[dict], todo, redaction: _Redaction, total: int,
+                  records: JsonlWriter, rejects: JsonlWriter, counts: Counter) -> None:
     from tqdm import tqdm
 
-    for task, chunk in tqdm(items, desc="synthesize (grounded)", unit="item", disable=not items):
-        _write(_ask_grounded(cfg, task, chunk), task, records, rejects, counts)
+    with tqdm(total=total, desc="synthesize (grounded)", unit="item", disable=not total) as bar:
+        for chunk in chunks:
+            sent = redaction(chunk)
+            for task in todo(chunk):
+                _write(_ask_grounded(cfg, task, sent), task, records, rejects, counts)
+                bar.update(1)
 
 
-async def _run_async(cfg: SynthesizeConfig, items: list[tuple[str, dict]], records: JsonlWriter,
-                     rejects: JsonlWriter, counts: Counter) -> None:
+async def _run_async(cfg: SynthesizeConfig, chunks: list[dict], todo, redaction: _Redaction, total: int,
+                     records: JsonlWriter, rejects: JsonlWriter, counts: Counter) -> None:
+    """Workers send what a producer thread queues: it redacts the chunks in order (one pseudonym space, the same
+    on every rerun) while earlier requests are in flight, so redaction stays off the critical path."""
     from tqdm.asyncio import tqdm
 
     client = make_client(cfg)
+    loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
-    for item in items:
-        queue.put_nowait(item)
-    bar = tqdm(total=len(items), desc="synthesize", unit="req", disable=not items)
+    n_workers = min(cfg.concurrency, max(1, total))
+    bar = tqdm(total=total, desc="synthesize", unit="req", disable=not total)
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                sent = redaction(chunk)
+                for task in todo(chunk):
+                    loop.call_soon_threadsafe(queue.put_nowait, (task, sent))
+        finally:
+            for _ in range(n_workers):
+                loop.call_soon_threadsafe(queue.put_nowait, None)
 
     async def worker() -> None:
-        while True:
-            try:
-                task, chunk = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
+        while (item := await queue.get()) is not None:
+            task, chunk = item
             _write(await _ask(client, cfg, task, chunk), task, records, rejects, counts)
             bar.update(1)
 
     try:
-        await asyncio.gather(*(worker() for _ in range(min(cfg.concurrency, max(1, len(items))))))
+        await asyncio.gather(loop.run_in_executor(None, produce), *(worker() for _ in range(n_workers)))
     finally:
         bar.close()
         await client.close()
@@ -347,25 +379,27 @@ def run(cfg: SynthesizeConfig) -> dict:
     if not chunks:
         raise ConfigError(f"--chunks {cfg.chunks}: no chunks in the file")
     t0 = time.perf_counter()
-    chunks, redaction = _redact(cfg, chunks, out)
-    items = [(t, c) for c in chunks for t in cfg.tasks if (c["id"], t, cfg.model) not in done]
-    skipped = len(chunks) * len(cfg.tasks) - len(items)
+
+    def todo(chunk: dict) -> list[str]:
+        return [t for t in cfg.tasks if (chunk["id"], t, cfg.model) not in done]
+
+    asked = sum(len(todo(c)) for c in chunks)
+    skipped = len(chunks) * len(cfg.tasks) - asked
     log.info("synthesize: %d chunks x %d tasks with %s at %s; %d done already, %d to ask (concurrency %d)",
-             len(chunks), len(cfg.tasks), cfg.model, cfg.base_url or "(in process)", skipped, len(items),
+             len(chunks), len(cfg.tasks), cfg.model, cfg.base_url or "(in process)", skipped, asked,
              cfg.concurrency)
     counts: Counter[str] = Counter()
+    redaction = _Redaction(cfg)
     with JsonlWriter(records_path, append=True) as records, JsonlWriter(rejects_path, append=True) as rejects:
-        if cfg.teacher == "grounded":
-            _run_grounded(cfg, items, records, rejects, counts)
-        else:
-            asyncio.run(_run_async(cfg, items, records, rejects, counts))
+        runner = _run_grounded if cfg.teacher == "grounded" else lambda *a: asyncio.run(_run_async(*a))
+        runner(cfg, chunks, todo, redaction, asked, records, rejects, counts)
     accepted = sum(v for k, v in counts.items() if k.startswith("accepted:"))
     summary = {"teacher": cfg.teacher, "model": cfg.model, "base_url": cfg.base_url, "chunks": len(chunks),
                "tasks": cfg.tasks,
-               "skipped_done": skipped, "asked": len(items), "accepted": accepted,
-               "rejected": len(items) - accepted, "counts": dict(sorted(counts.items())),
+               "skipped_done": skipped, "asked": asked, "accepted": accepted,
+               "rejected": asked - accepted, "counts": dict(sorted(counts.items())),
                "records_total": len(done) + accepted, "seconds": round(time.perf_counter() - t0, 2),
-               "redaction": redaction}
+               "redaction": redaction.finish(out)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     log.info("synthesize summary: %s", json.dumps(summary))
     from loganalyzer.tracking import log_stage

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -75,14 +76,16 @@ def test_device_wheels_carry_what_the_image_lacks_at_our_pins():
 
 
 def test_redaction_benchmark_arms_run_on_the_same_corpus():
-    """bench_redact's corpus carries a planted secret every 200 lines, and both arms process it (timings not
-    asserted: they are the benchmark's business)."""
-    from loganalyzer.redact import Redactor
+    """bench_redact's corpus carries a planted secret every 200 lines, and both arms find the same things in it
+    (timings are the benchmark's business, not asserted)."""
     from loganalyzer.testing.secrets import planted_secrets
 
     redact_bench = importlib.import_module("bench_redact")
     lines = redact_bench.corpus()[:600]
-    secrets = [s for _, s, _ in planted_secrets()]
-    assert sum(any(s in ln for s in secrets) for ln in lines) == 3
-    assert redact_bench.ours(lines) > 0 and redact_bench.presidio_line_by_line(lines, "blank") > 0
-    assert not [s for s in secrets[:3] if s in Redactor().redact("\n".join(lines))[0]]
+    planted = planted_secrets()
+    assert [i for i, ln in enumerate(lines) if any(s in ln for _, s, _ in planted)] == [0, 200, 400]
+    _, ours = redact_bench.ours(lines)
+    _, presidio = redact_bench.presidio_line_by_line(lines, "blank")
+    expected = Counter(t for t, _, _ in planted[:3])  # AWS_KEY x2, GCP_API_KEY
+    assert {t: ours[t] for t in expected} == {t: presidio[t] for t in expected} == dict(expected)
+    assert ours["IP_ADDRESS"] > 0 and presidio["IP_ADDRESS"] >= ours["IP_ADDRESS"]  # line by line keeps kept IPs

@@ -14,11 +14,13 @@ import pytest
 from conftest import BUNDLED, LOGHUB, loghub_file
 
 from loganalyzer.io import read_jsonl
+from loganalyzer.prompts import load_prompts
 from loganalyzer.redact import (
     DEFAULT_PII,
     Pseudonymizer,
     RedactConfig,
     Redactor,
+    changed,
     describe,
     is_loopback,
     redaction_active,
@@ -46,6 +48,44 @@ def test_every_planted_secret_is_removed_with_a_typed_placeholder():
         assert kept in out
 
 
+NEAR_MISSES = [  # (secret, line): the same secrets in the shapes logs give them, beyond the planted corpus
+    ("hunter2-esc", '{"log":"{\\"user\\":\\"bob\\",\\"password\\":\\"hunter2-esc\\"}\\n","stream":"stdout"}'),
+    ("hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345", "env: HF_TOKEN=hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345"),
+    ("hvs.CAESIJ7abcDEF1234567890xyz", "vault: VAULT_TOKEN=hvs.CAESIJ7abcDEF1234567890xyz renewed"),
+    ("s3cr3t-k3y-django-42", "settings SECRET_KEY=s3cr3t-k3y-django-42 DEBUG=False"),
+    ("tok_9f8e7d6c5b4a", '{"api_token": "tok_9f8e7d6c5b4a", "n": 1}'),
+    ("cli-pass-77", "exec: mysql --user root --password cli-pass-77 -h db"),
+    ("ab,cd,ef9", "jdbc props user=app,password=ab,cd,ef9"),
+    ("MIIEowIBAAKCAQEAq1w2e3r4", "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n"
+                                 "DEK-Info: AES-128-CBC,3F1A\n\nMIIEowIBAAKCAQEAq1w2e3r4\n"
+                                 "-----END RSA PRIVATE KEY-----"),
+    ("MIIEpQIBAAKCAQEAz9y8x7w6", "Jan  1 00:00:01 h app: -----BEGIN PRIVATE KEY-----\n"
+                                 "Jan  1 00:00:01 h app: MIIEpQIBAAKCAQEAz9y8x7w6\n"
+                                 "Jan  1 00:00:01 h app: -----END PRIVATE KEY-----"),
+    ("dXNlcjpwYXNz", "GET /x HTTP/1.1\r\nAuthorization: Basic dXNlcjpwYXNz\r\nHost: api"),
+    ("Q2xp-ZW50.Token", "req: Authorization: Bearer Q2xp-ZW50.Token"),
+]
+
+
+def test_secrets_in_the_shapes_logs_give_them_are_removed_and_twice_changes_nothing():
+    r = Redactor()
+    for secret, line in NEAR_MISSES:
+        out, _ = r.redact(line)
+        assert secret not in out, out
+        assert r.redact(out) == (out, Counter()), out  # idempotent
+    # the whole planted corpus and real Loghub chunks: a second pass finds nothing
+    for text in ["\n".join(line for _, _, line in planted_secrets()),
+                 "\n".join(loghub_file("OpenSSH").read_text().splitlines()[:150])]:
+        once, _ = r.redact(text)
+        assert r.redact(once) == (once, Counter())
+    # quoted values are replaced inside their quotes: a JSON line stays JSON
+    out, _ = r.redact('{"password": "a b c", "user": "x"}')
+    assert json.loads(out) == {"password": "<SECRET:PASSWORD>", "user": "x"}
+    # and what is not a secret stays
+    for line in ["Enter password:\n2015-07-29 19:21:46,123 - INFO", "401 Authorization: required", "token: none"]:
+        assert r.redact(line) == (line, Counter()), line
+
+
 def test_pseudonyms_are_consistent_distinct_and_format_preserving():
     r = Redactor()
     a, ca = r.redact("conn from 10.250.19.102:50010 to 10.250.19.103 by alice@corp.com; again 10.250.19.102")
@@ -70,6 +110,12 @@ def test_pseudonyms_are_consistent_distinct_and_format_preserving():
         "eth0 hwaddr 00:00:5e:00:53:00 and 00-00-5E-00-53-01"
     with pytest.raises(ValueError, match="unknown PII entities"):
         Redactor(pii_entities=["PHONE"])
+    # one value in any spelling is one pseudonym; a real address that is already a pseudonym is never handed out
+    r = Redactor()
+    assert r.redact("a 10.0.0.5/24 b 10.0.0.5 c Bob@Corp.com d bob@corp.com")[0] == \
+        "a 192.0.2.1/24 b 192.0.2.1 c user-1@example.com d user-1@example.com"
+    r = Redactor()
+    assert r.redact("gw 192.0.2.1 then 10.9.9.9 and 192.0.2.2")[0] == "gw 192.0.2.1 then 192.0.2.3 and 192.0.2.2"
 
 
 def test_many_distinct_ips_stay_distinct_beyond_the_documentation_ranges():
@@ -194,8 +240,8 @@ def test_stage_writes_redacted_chunks_summary_and_private_mapping(tmp_path):
     text = "\n".join(r["content"] for r in rows)
     assert not [s for _, s, _ in planted_secrets() if s in text]
     summary = json.loads((out.parent / "redaction_summary.json").read_text())
-    assert summary["chunks"] == len(rows) and summary["chunks_changed"] == sum("redacted" in r for r in rows)
-    assert summary["counts"] == dict(sorted(sum((Counter(r.get("redacted", {})) for r in rows), Counter()).items()))
+    assert summary["chunks"] == len(rows) and summary["chunks_changed"] == sum(map(changed, rows)) > 0
+    assert summary["counts"] == dict(sorted(sum((Counter(r["redaction"]["counts"]) for r in rows), Counter()).items()))
     assert set(summary["counts"]) >= set(secret_types()) and summary["counts"]["IP_ADDRESS"] > 10
     mapping = out.parent / "redaction_mapping.json"
     assert stat.S_IMODE(mapping.stat().st_mode) == 0o600
@@ -265,3 +311,53 @@ def test_dag_redact_step_decides_from_the_teacher(tmp_path):
     assert out == str(tmp_path / "chunks.redacted.jsonl")
     assert "<SECRET:AWS_KEY>" in Path(out).read_text()
     assert steps.redact(mode="on", teacher="grounded", teacher_base_url="", **kw) == out
+
+
+def test_stage_then_synthesize_sends_exactly_what_the_stage_wrote(tmp_path):
+    """The DAG's order: the redact stage, then synthesize with its own redaction on. With more distinct IPs than
+    the documentation ranges hold (pseudonyms in 198.18.0.0/15 would be pseudonymised again), the stage's marker
+    keeps synthesize to a secrets check, so the teacher sees the stage's text and build-datasets can pair it."""
+    from loganalyzer.synthesize import SynthesizeConfig, log_sha256
+    from loganalyzer.synthesize import run as synthesize
+    from loganalyzer.testing.fake_openai import FakeOpenAI
+
+    lines = [f"2024-03-03 10:{i // 60:02d}:{i % 60:02d} WARN conn reset by 10.{i // 250}.{i % 250}.7 port 443"
+             for i in range(1000)]
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text("".join(json.dumps({"id": f"c{k}", "system": "X", "content": "\n".join(lines[k:k + 100])}) + "\n"
+                           for k in range(0, 1000, 100)))
+    staged = tmp_path / "chunks.redacted.jsonl"
+    s = run(RedactConfig(chunks=str(raw), out=str(staged)))
+    assert s["counts"] == {"IP_ADDRESS": 1000}
+    rows = {r["id"]: r for r in read_jsonl(staged)}
+    assert "198.18.0.1" in rows["c700"]["content"]  # past the 762 documentation addresses
+    with FakeOpenAI() as srv:
+        out = synthesize(SynthesizeConfig(chunks=str(staged), out=str(tmp_path / "synth"), base_url=srv.base_url,
+                                          model="fake-teacher", tasks=["summarize"], redact="on"))
+        sent = [b["messages"][-1]["content"] for b in srv.bodies]
+    assert out["redaction"]["active"] and out["redaction"]["counts"] == {}
+    assert sorted(sent) == sorted(load_prompts().teacher_messages("summarize", r["content"], 10, 3)[-1]["content"]
+                                  for r in rows.values())
+    records = list(read_jsonl(tmp_path / "synth" / "records.jsonl"))
+    assert len(records) == 10 and all(r["log_sha256"] == log_sha256(rows[r["chunk_id"]]) for r in records)
+
+
+def test_a_resumed_synthesize_run_sends_the_same_pseudonyms(tmp_path):
+    """A first run loses some requests to faults; the rerun asks only for those, and the chunks it sends (and
+    writes to chunks.redacted.jsonl) are the first run's, byte for byte."""
+    from loganalyzer.synthesize import SynthesizeConfig, log_sha256
+    from loganalyzer.synthesize import run as synthesize
+    from loganalyzer.testing.fake_openai import FakeOpenAI
+
+    chunks = _chunks_with_secrets(tmp_path)
+    cfg = dict(chunks=str(chunks), out=str(tmp_path / "synth"), model="fake-teacher", tasks=["summarize", "root_cause"],
+               redact="on", max_retries=0, validation_retries=0, timeout=2)
+    with FakeOpenAI(schedule=[[], ["500"]]) as srv:
+        first = synthesize(SynthesizeConfig(base_url=srv.base_url, **cfg))
+        sent_first = (tmp_path / "synth" / "chunks.redacted.jsonl").read_text()
+        second = synthesize(SynthesizeConfig(base_url=srv.base_url, **cfg))
+    assert first["rejected"] > 0 and second["asked"] == first["rejected"] and second["rejected"] == 0
+    assert (tmp_path / "synth" / "chunks.redacted.jsonl").read_text() == sent_first
+    rows = {r["id"]: r for r in read_jsonl(tmp_path / "synth" / "chunks.redacted.jsonl")}
+    records = list(read_jsonl(tmp_path / "synth" / "records.jsonl"))
+    assert len(records) == 12 and all(r["log_sha256"] == log_sha256(rows[r["chunk_id"]]) for r in records)

@@ -298,7 +298,8 @@ class Chat:
                          {"role": "assistant", "content": turn.reply}]
 
     def new_chat(self) -> None:
-        self.messages, self.turns, self.log_text = [], [], ""
+        """Start over: a new conversation, and a new pseudonym space."""
+        self.messages, self.turns, self.log_text, self._redactor = [], [], "", None
 
     def to_markdown(self) -> str:
         """The conversation as Markdown (the download button)."""

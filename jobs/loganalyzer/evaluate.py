@@ -33,7 +33,7 @@ from pydantic import Field, field_validator
 from loganalyzer.config import ConfigError, StageConfig, parse_config
 from loganalyzer.io import JsonlWriter, read_jsonl
 from loganalyzer.metrics import METRICS, aggregate, paired_bootstrap, per_sample, score
-from loganalyzer.redact import REDACT_MODE_HELP, RedactMode
+from loganalyzer.redact import DEFAULT_PII, REDACT_MODE_HELP, PiiEntity, RedactMode
 
 log = logging.getLogger("loganalyzer.evaluate")
 
@@ -53,6 +53,8 @@ class EvaluateConfig(StageConfig):
     seed: int = 1309
     metrics_backend: str = Field("auto", description="auto (evaluate's modules if they load), evaluate, builtin")
     redact: RedactMode = Field("auto", description=REDACT_MODE_HELP + "; with --endpoint")
+    pii_entities: list[PiiEntity] = Field(list(DEFAULT_PII), description="personal data pseudonymised when "
+                                                                         "redacting (secrets always go)")
 
     @field_validator("models")
     @classmethod
@@ -127,7 +129,7 @@ def redact_for_endpoint(cfg: EvaluateConfig, prompts: list[list[dict]], refs: li
 
     if not redaction_active(cfg.redact, cfg.endpoint, "evaluate"):
         return prompts, refs
-    redactor = Redactor()
+    redactor = Redactor(cfg.pii_entities)
     new_prompts, new_refs = [], []
     for prompt, ref in zip(prompts, refs, strict=True):  # the prompt first: its pseudonyms carry to the reference
         new_prompts.append([{**m, "content": redactor.redact(m["content"])[0]} for m in prompt])

@@ -16,11 +16,13 @@ private-key blocks, RFC 3986 userinfo) or the vendor's documented key format, as
 format-preserving** within one ``Redactor`` (one run, one chat): the n-th distinct value of a type always becomes
 the n-th pseudonym, so "repeated failures from one host" stay visible and distinct values stay distinct:
 
-- ``IP_ADDRESS`` (Presidio's recognizer): IPv4 -> the documentation ranges 192.0.2.0/24, 198.51.100.0/24,
+- ``IP_ADDRESS`` (Presidio's recognizer, and IPv4 addresses written with dashes in host names such as
+  ``ip-10-0-3-7``, which keep their dashes): IPv4 -> the documentation ranges 192.0.2.0/24, 198.51.100.0/24,
   203.0.113.0/24 (RFC 5737), then 198.18.0.0/15 (RFC 2544) and 240.0.0.0/4; IPv6 -> 2001:db8::/32 (RFC 3849);
-  a CIDR suffix is kept. Not replaced (no personal data, and needed to read a log): loopback, unspecified,
-  multicast and broadcast addresses, netmasks, addresses already in those pseudonym ranges, and dotted numbers
-  written as versions (``v1.2.3.4``, ``version 10.0.0.1``).
+  a CIDR suffix is kept. Not replaced (no personal data, and needed to read a log): loopback, unspecified and
+  multicast addresses, netmasks (255.255.255.255 among them), addresses in the documentation ranges (already
+  pseudonyms, or never real), and dotted numbers written as versions (``v1.2.3.4``, ``version 10.0.0.1``; a bare
+  ``4.15.0.112`` is taken for an address).
 - ``EMAIL_ADDRESS`` (Presidio's recognizer; its domain check uses tldextract's bundled public-suffix snapshot,
   never the network) -> ``user-N@example.com``; addresses at RFC 2606 example domains are left as they are.
 - ``CREDIT_CARD`` (Presidio's recognizer and Luhn check, on card layouts and issuer prefixes) -> a Luhn-valid
@@ -29,11 +31,14 @@ the n-th pseudonym, so "repeated failures from one host" stay visible and distin
 - ``MAC_ADDRESS`` (Presidio's recognizer; off by default) -> 00:00:5E:00:53:xx (RFC 7042), then 02:00:00:xx:xx:xx,
   keeping the separator.
 
-Redacting twice changes nothing (pseudonyms and placeholders are not recognised again), so a chunk redacted by
-this stage passes unchanged through ``synthesize``'s own redaction. Timestamps, PIDs, block ids, hex codes and
-version numbers are not flagged: ``tests/test_redact.py`` measures the share of changed Loghub lines.
+Placeholders and pseudonyms in the documentation ranges are not recognised again, so redacting twice changes
+nothing up to 762 distinct IPv4 addresses (and 256 MACs); past them a pseudonym would be pseudonymised again. A
+chunk from this stage is therefore marked (``redaction.pii_entities``), and ``synthesize`` only checks it for
+secrets: it reaches the teacher exactly as this stage wrote it, which is what build-datasets pairs answers with.
+Timestamps, PIDs, block ids, hex codes and version numbers are not flagged: ``tests/test_redact.py`` measures
+the share of changed Loghub lines.
 
-Stage outputs: ``--out`` (the chunks with ``content`` redacted and a per-chunk ``redacted`` count map),
+Stage outputs: ``--out`` (the chunks with ``content`` redacted and a ``redaction`` entry, its counts per type),
 ``redaction_summary.json`` beside it (counts per entity type; also logged to MLflow) and, only with
 ``keep_mapping=true``, ``redaction_mapping.json`` (original -> pseudonym, mode 0600): it stays in the output
 directory and is never logged or sent anywhere.
@@ -96,28 +101,44 @@ def _detect_secrets(module: str, cls: str, keep: slice = slice(None)) -> tuple[r
 
 
 _PEM_KEY = r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
-# Keys that name a secret in `key=value` / `key: value` pairs (case-insensitive); the value ends at whitespace,
-# a separator or a quote, or is a whole quoted string. An existing placeholder is not matched again.
-# A bare `pwd` is the working directory in env dumps, so it needs a prefix (db_pwd).
-_SECRET_KEYS = (r"(?:[\w.-]*(?:password|passwd|secret|api[_-]?key|access[_-]?key|auth[_-]?token|access[_-]?token"
-                r"|refresh[_-]?token|session[_-]?token|private[_-]?key)|[\w.-]*[_.-]pwd)")
-_VALUE = r"""(?P<secret>"[^"\n]*"|'[^'\n]*'|(?!<SECRET:)[^\s,;&'"]+)"""
+# `key=value`, `key: value`, `"key": "value"` (also JSON escaped inside a JSON log line, \"key\":\"value\"),
+# `key => value` and `--key value`, keys matched case-insensitively as the end of a longer name (DB_PASSWORD,
+# HF_TOKEN). The value stays on its line; a quoted value is replaced inside its quotes, an unquoted one up to
+# whitespace, `;`, `&` or a quote (commas included: a password may hold one). Placeholders are not matched again.
+_SCHEMES = "(?:bearer|basic|token|negotiate|apikey|digest)"  # HTTP authentication schemes
+# A token that looks random: a digit, or a capital after a small letter, in its characters (case-sensitive).
+_B64TOKEN, _BASE64 = r"[\w.~+/-]", r"[A-Za-z0-9+/]"
+_RANDOM_B64TOKEN, _RANDOM_BASE64 = (rf"(?-i:(?={c}*(?:\d|[a-z]{c}*[A-Z])))" for c in (_B64TOKEN, _BASE64))
+_KEY_START = r"(?<![<\w.-])[\w.-]*?"
+_KEY_END = r"""\\?["']?[ \t]*(?:[=:]|=>)[ \t]*"""
+_QUOTED = r"""\\?["'](?P<secret>{guard}(?!<SECRET:)[^"'\\\n]+)"""
+_BARE = r"""(?P<secret>{guard}(?!<SECRET:)(?!\\?["'])[^\s;&'"\\]+)"""
+
+
+def _key_value(keys: str, guard: str = "") -> tuple[re.Pattern, ...]:
+    """Regexes for the value of a key-value pair (or a ``--flag value``) whose key ends in one of ``keys``;
+    ``guard`` is a lookahead every value must pass."""
+    pair, flag = rf"(?i){_KEY_START}(?:{keys}){_KEY_END}", rf"(?i)(?<![\w-])--[\w-]*?(?:{keys})[ \t]+"
+    return (*(re.compile(pair + v.format(guard=guard)) for v in (_QUOTED, _BARE)),
+            re.compile(flag + _BARE.format(guard=guard)))
 
 
 @cache
 def secret_patterns() -> tuple[SecretPattern, ...]:
-    """Every supported secret format; each one's ``source`` says where its patterns come from."""
+    """Every supported secret format; each one's ``source`` says where its patterns come from. Where two find the
+    same span, the earlier one names it: token formats first, key-value and header rules last."""
     ds = "detect-secrets {} ({})"
     return (
         SecretPattern("PRIVATE_KEY", "private key", (
-            # RFC 7468 PEM block: the header, its base64 lines (newlines real or escaped as \n), the footer; a
-            # block cut off by the end of a chunk is removed to its last base64 line.
-            re.compile(_PEM_KEY + r"(?:(?:\s|\\n)+(?:[A-Za-z0-9+/=]{4,}|(?:Proc-Type|DEK-Info):[^\n]*?)"
-                       r"(?=\s|\\n|$|-----))*(?:(?:\s|\\n)*-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----)?"),),
+            # RFC 7468 PEM block from its header to its footer, whatever lies between (Proc-Type/DEK-Info or
+            # Version headers, a log prefix on every line, escaped newlines); without a footer (a block cut by the
+            # end of a chunk), to the end of the text.
+            re.compile(_PEM_KEY + r"[\s\S]*?(?:-----END [^\n]*?-----|\Z)"),),
             "RFC 7468 PEM private-key labels (the headers detect-secrets' PrivateKeyDetector lists)"),
         SecretPattern("AWS_KEY", "AWS key", (
             *_detect_secrets("aws", "AWSKeyDetector", slice(0, 1)),  # access key ids: AKIA..., ASIA..., ...
-            re.compile(r"(?i)aws_?secret_?(?:access_?)?key\s*[=:]\s*[\"']?(?P<secret>[A-Za-z0-9/+]{40})(?![\w/+])")),
+            re.compile(r"(?i)aws_?secret_?(?:access_?)?key\\?[\"']?[ \t]*[=:][ \t]*\\?[\"']?"
+                       r"(?P<secret>[A-Za-z0-9/+]{40})(?![\w/+])")),
             ds.format("AWSKeyDetector", "access key id") + "; secret access key assignments (gitleaks aws rule)"),
         SecretPattern("GCP_API_KEY", "Google API key", (re.compile(r"\bAIza[0-9A-Za-z_-]{35}(?![\w-])"),),
                       "Google API key format AIza + 35 chars (gitleaks gcp-api-key)"),
@@ -138,6 +159,9 @@ def secret_patterns() -> tuple[SecretPattern, ...]:
             *_detect_secrets("openai", "OpenAIDetector"),
             re.compile(r"\bsk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{20,}")),
             ds.format("OpenAIDetector", "legacy keys") + "; project/service keys (gitleaks openai-api-key)"),
+        SecretPattern("JWT", "JWT", (re.compile(r"\beyJ[A-Za-z0-9_-]{2,}\.eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*"),),
+                      "RFC 7519 compact JWS (base64url header.payload.signature); detect-secrets JwtTokenDetector "
+                      "matches the same prefix"),
         SecretPattern("API_TOKEN", "API token", (
             # not TelegramBotTokenDetector: `\d{8,10}:` + 35 chars also matches storage WWIDs (Loghub HPC)
             *(p for m, c in (("azure_storage_key", "AzureStorageKeyDetector"), ("discord", "DiscordBotTokenDetector"),
@@ -145,21 +169,22 @@ def secret_patterns() -> tuple[SecretPattern, ...]:
                              ("pypi_token", "PypiTokenDetector"), ("sendgrid", "SendGridDetector"),
                              ("square_oauth", "SquareOAuthDetector"))
               for p in _detect_secrets(m, c)),
-            # `token=...` in a query string or a key-value pair: 12+ token characters with a digit
-            re.compile(r"(?i)(?<![<\w.-])token[\"']?\s*[=:]\s*(?P<secret>(?=[\w.~+/-]*\d)[\w.~+/-]{12,}=*)")),
-            "detect-secrets Azure storage, Discord, Mailchimp, npm, PyPI, SendGrid, Square detectors; token= pairs"),
-        SecretPattern("JWT", "JWT", (re.compile(r"\beyJ[A-Za-z0-9_-]{2,}\.eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*"),),
-                      "RFC 7519 compact JWS (base64url header.payload.signature); detect-secrets JwtTokenDetector "
-                      "matches the same prefix"),
+            # `...token=`, `credentials:` pairs (HF_TOKEN=, ?token=, "auth_token": ...): 8+ characters with a digit,
+            # so that `token: Kind: HDFS_DELEGATION_TOKEN` or `credentials: user bob` are left alone
+            *_key_value(r"token|credentials?", r"(?=[^\s;&'\"\\]*\d)(?=[^\s;&'\"\\]{8})")),
+            "detect-secrets Azure storage, Discord, Mailchimp, npm, PyPI, SendGrid, Square detectors; token and "
+            "credentials pairs"),
         SecretPattern("AUTH_HEADER", "authorization credential", (
-            # the value of an Authorization header, whatever its scheme
-            re.compile(r"(?i)\b(?:proxy-)?authorization\s*[:=]\s*(?:(?:bearer|basic|token|negotiate|apikey)\s+)?"
-                       r"(?P<secret>(?!<SECRET:)[^\s,;\"'\[\]]{8,})"),
-            # outside a header: an RFC 6750 b64token after "Bearer", base64 (RFC 7617) after "Basic"; a word such
-            # as "Basic authentication" is not one (a digit, and for Basic mixed case, are required)
-            re.compile(r"(?i)\bbearer\s+(?P<secret>(?!<SECRET:)(?=[\w.~+/-]*\d)[A-Za-z0-9._~+/-]{8,}=*)"),
-            re.compile(r"\b[Bb]asic\s+(?P<secret>(?=[A-Za-z0-9+/]*\d)(?=[A-Za-z0-9+/]*[a-z])(?=[A-Za-z0-9+/]*[A-Z])"
-                       r"[A-Za-z0-9+/]{8,}={0,2})(?![\w+/=])")),
+            # the value of an Authorization header: after a scheme anything; without one, 8+ characters with a
+            # digit (so not "Authorization: required")
+            re.compile(rf"(?i)\b(?:proxy-)?authorization[ \t]*[:=][ \t]*{_SCHEMES}[ \t]+"
+                       r"(?P<secret>(?!<SECRET:)[^\s,;\"'\[\]]{4,})"),
+            re.compile(rf"(?i)\b(?:proxy-)?authorization[ \t]*[:=][ \t]*(?P<secret>(?!<SECRET:)(?!{_SCHEMES}\b)"
+                       r"(?=[^\s,;\"'\[\]]*\d)[^\s,;\"'\[\]]{8,})"),
+            # outside a header: an RFC 6750 b64token after "Bearer", base64 (RFC 7617) after "Basic", when it
+            # looks random (a digit, or a capital after a small letter): "Basic authentication" is not one
+            re.compile(rf"(?i)\bbearer[ \t]+(?P<secret>(?!<SECRET:){_RANDOM_B64TOKEN}[A-Za-z0-9._~+/-]{{8,}}=*)"),
+            re.compile(rf"\b[Bb]asic[ \t]+(?P<secret>{_RANDOM_BASE64}[A-Za-z0-9+/]{{8,}}={{0,2}})(?![\w+/=])")),
             "RFC 6750 bearer tokens, RFC 7617 Basic credentials, Authorization header values"),
         SecretPattern("URL_PASSWORD", "password in a URL", (
             # RFC 3986 userinfo: the password may hold sub-delims (!$&'()*+,;=), and, written unencoded, '@':
@@ -167,9 +192,10 @@ def secret_patterns() -> tuple[SecretPattern, ...]:
             re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s]*:(?P<secret>(?!<SECRET:)[^/?#\s]+)@"
                        r"(?=[^@/?#\s]*(?:[/?#\s]|$))"),),
             "RFC 3986 userinfo (scheme://user:PASSWORD@host)"),
-        SecretPattern("PASSWORD", "password", (re.compile(rf"(?i)(?<![<\w.-]){_SECRET_KEYS}[\"']?\s*[=:]\s*{_VALUE}"),),
-                      "key=value / key: value pairs whose key names a password, secret, API key or token "
-                      "(the keyword list of detect-secrets' KeywordDetector, for log formats)"),
+        SecretPattern("PASSWORD", "password", _key_value(
+            r"password|passwd|passphrase|secret|secret[_-]?key|api[_-]?key|access[_-]?key|private[_-]?key|[_.-]pwd"),
+            "key-value pairs whose key names a password, secret or key (the keywords of detect-secrets' "
+            "KeywordDetector, in log formats; a bare `pwd` is the working directory, so it needs a prefix)"),
     )
 
 
@@ -188,7 +214,7 @@ def _recognizers(pii_entities: tuple[str, ...]) -> list:
     )
 
     class SecretRecognizer(LocalRecognizer):
-        """One ``SecretPattern``: each regex's ``secret`` group (or first group, or whole match), score 1."""
+        """One ``SecretPattern``: each regex's ``secret`` group, or its whole match; score 1."""
 
         def __init__(self, pattern: SecretPattern):
             self.pattern = pattern
@@ -229,18 +255,22 @@ def _recognizers(pii_entities: tuple[str, ...]) -> list:
             return _tld_extract()(pattern_text).fqdn != ""
 
     class LogIpRecognizer(IpRecognizer):
-        """Presidio's IP recognizer minus dotted numbers written as versions (``v1.2.3.4``, ``version 1.2.3.4``).
+        """Presidio's IP recognizer minus dotted numbers written as versions (``v1.2.3.4``, ``version 1.2.3.4``),
+        plus IPv4 addresses written with dashes in host names (``ip-10-0-3-7``, ``calvisitor-10-105-162-178``).
         A dotted number followed by more (``10.0.0.1.5000``) stays an IP: that is tcpdump's address.port."""
 
         def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
+            dashed = [RecognizerResult("IP_ADDRESS", m.start(), m.end(), 0.6) for m in _DASHED_IP.finditer(text)]
             return [r for r in super().analyze(text, entities, nlp_artifacts, regex_flags)
-                    if not _VERSION_BEFORE.search(text, max(0, r.start - 9), r.start)]
+                    if not _VERSION_BEFORE.search(text, max(0, r.start - 9), r.start)] + dashed
 
     pii = {"IP_ADDRESS": LogIpRecognizer, "EMAIL_ADDRESS": OfflineEmailRecognizer,
            "CREDIT_CARD": CardNumberRecognizer, "MAC_ADDRESS": MacAddressRecognizer}
     return [*(SecretRecognizer(p) for p in secret_patterns()), *(pii[e]() for e in pii_entities)]
 
 
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_DASHED_IP = re.compile(rf"(?<=[A-Za-z]-){_OCTET}(?:-{_OCTET}){{3}}(?![\w-])")
 _VERSION_BEFORE = re.compile(r"(?:\b[vV]|(?i:\bversion|\bver|\brelease)[\s:=]*)\Z")
 
 
@@ -252,11 +282,11 @@ def _tld_extract():
 
 
 # -- pseudonyms --------------------------------------------------------------------------------------------------
-_IPV4_RANGES = tuple(ipaddress.ip_network(n) for n in
-                     ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "198.18.0.0/15", "240.0.0.0/4"))
+_IPV4_DOC = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
+_IPV4_MORE = tuple(ipaddress.ip_network(n) for n in ("198.18.0.0/15", "240.0.0.0/4"))
 _IPV6_DOC = ipaddress.ip_network("2001:db8::/32")
 _EXAMPLE_DOMAIN = re.compile(r"(?i)@(?:[\w-]+\.)*(?:example\.(?:com|net|org)|example|test|invalid|localhost)$")
-_MAC_DOC = "00:00:5E:00:53:"
+_MAC_DOC, _MAC_MORE = "00:00:5E:00:53:", "02:00:00:"
 
 
 def _luhn_digit(digits: str) -> str:
@@ -268,73 +298,107 @@ def _luhn_digit(digits: str) -> str:
 
 
 class Pseudonymizer:
-    """Consistent pseudonyms per entity type: the n-th distinct value becomes the n-th pseudonym (see module
-    docstring). ``keeps(type, value)`` says which values are left as they are; ``mapping`` is original ->
-    pseudonym per type."""
+    """Consistent pseudonyms per entity type: the n-th distinct value becomes the n-th pseudonym (see the module
+    docstring). Values are compared in a canonical form (an IP without its prefix length or spelling, an e-mail in
+    lower case, a card's digits, a MAC in upper case with colons), so ``10.0.0.5`` and ``10.0.0.5/24`` share one.
+
+    ``keeps(type, value)`` says which values are left as they are; a kept value that lies in the pseudonym space
+    (an address from a documentation range, ``user-3@example.com``) is never handed out as a pseudonym, so two
+    values never share one. ``mapping``: canonical original -> pseudonym, per type."""
 
     def __init__(self):
         self.mapping: dict[str, dict[str, str]] = {e: {} for e in PII_ENTITIES}
+        self._used: dict[str, set[str]] = {e: set() for e in PII_ENTITIES}
         self._make: dict[str, Callable[[str, int], str]] = {
             "IP_ADDRESS": self._ip, "EMAIL_ADDRESS": lambda v, n: f"user-{n}@example.com",
             "CREDIT_CARD": self._card, "MAC_ADDRESS": self._mac}
 
+    @staticmethod
+    def canonical(entity: str, value: str) -> str:
+        if entity == "IP_ADDRESS":
+            return str(ipaddress.ip_interface(value.replace("-", ".")).ip)
+        if entity == "CREDIT_CARD":
+            return "".join(c for c in value if c.isdigit())
+        if entity == "MAC_ADDRESS":
+            return value.upper().replace("-", ":").replace(".", "")
+        return value.lower()
+
     def __call__(self, entity: str, value: str) -> str:
-        seen = self.mapping[entity]
-        if value not in seen:
-            seen[value] = self._make[entity](value, len(seen) + 1)
-        return seen[value]
+        """The pseudonym of ``value``, in ``value``'s own layout (prefix length, separators, case)."""
+        key, seen = self.canonical(entity, value), self.mapping[entity]
+        if key not in seen:
+            n = len(seen) + 1
+            while (fake := self._make[entity](key, n)) in self._used[entity]:
+                n += 1
+            seen[key] = fake
+            self._used[entity].add(fake)
+        return self._layout(entity, value, seen[key])
+
+    def keeps(self, entity: str, value: str) -> bool:
+        """Whether ``value`` stays (see the module docstring); one in the pseudonym space is reserved."""
+        keep, reserve = self._keeps(entity, value)
+        if reserve:
+            self._used[entity].add(self.canonical(entity, value))
+        return keep
 
     @staticmethod
-    def keeps(entity: str, value: str) -> bool:
+    def _keeps(entity: str, value: str) -> tuple[bool, bool]:
         if entity == "IP_ADDRESS":
             try:
-                iface = ipaddress.ip_interface(value)
+                ip = ipaddress.ip_interface(value.replace("-", ".")).ip
             except ValueError:
-                return True
-            ip = iface.ip
-            if ip.is_loopback or ip.is_unspecified or ip.is_multicast or ip in _IPV6_DOC:
-                return True
-            if ip.version == 4:
-                inverse = ~int(ip) & 0xFFFFFFFF  # a netmask is ones then zeros: its inverse plus one is a power of 2
-                return inverse & (inverse + 1) == 0 or any(ip in r for r in _IPV4_RANGES)
-            return False
+                return True, False
+            if ip.is_loopback or ip.is_unspecified or ip.is_multicast:
+                return True, False
+            if ip.version == 6:
+                return ip in _IPV6_DOC, ip in _IPV6_DOC
+            inverse = ~int(ip) & 0xFFFFFFFF  # a netmask is ones then zeros: its inverse plus one is a power of 2
+            doc = any(ip in r for r in _IPV4_DOC)
+            return doc or inverse & (inverse + 1) == 0, doc
         if entity == "EMAIL_ADDRESS":
-            return bool(_EXAMPLE_DOMAIN.search(value))
+            example = bool(_EXAMPLE_DOMAIN.search(value))
+            return example, example
         if entity == "MAC_ADDRESS":
             v = value.upper().replace("-", ":")
-            return v.startswith(_MAC_DOC) or v in ("FF:FF:FF:FF:FF:FF", "00:00:00:00:00:00")
-        return False
+            doc = v.startswith(_MAC_DOC)
+            return doc or v in ("FF:FF:FF:FF:FF:FF", "00:00:00:00:00:00"), doc
+        return False, False
 
     @staticmethod
-    def _ip(value: str, n: int) -> str:
-        iface = ipaddress.ip_interface(value)
-        if iface.ip.version == 6:
-            ip = _IPV6_DOC[n]
-        else:
-            for net in _IPV4_RANGES:
-                hosts = net.num_addresses - 2  # no network or broadcast address
-                if n <= hosts:
-                    ip = net[n]
-                    break
-                n -= hosts
-            else:
-                raise RuntimeError("more distinct IPv4 addresses than pseudonyms (over 268 million)")
-        return f"{ip}/{iface.network.prefixlen}" if "/" in value else str(ip)
+    def _ip(key: str, n: int) -> str:
+        ip = ipaddress.ip_address(key)
+        if ip.version == 6:
+            return str(_IPV6_DOC[n])
+        for net in (*_IPV4_DOC, *_IPV4_MORE):
+            hosts = net.num_addresses - 2  # no network or broadcast address
+            if n <= hosts:
+                return str(net[n])
+            n -= hosts
+        raise RuntimeError("more distinct IPv4 addresses than pseudonyms (over 268 million)")
 
     @staticmethod
-    def _card(value: str, n: int) -> str:
-        length = sum(c.isdigit() for c in value)
-        body = "9" + str(n).zfill(length - 2)
-        digits = iter(body + _luhn_digit(body))
-        return "".join(next(digits) if c.isdigit() else c for c in value)
+    def _card(key: str, n: int) -> str:
+        body = "9" + str(n).zfill(len(key) - 2)
+        return body + _luhn_digit(body)
 
     @staticmethod
-    def _mac(value: str, n: int) -> str:
-        sep = "-" if "-" in value else ":"
-        mac = _MAC_DOC + f"{n - 1:02X}" if n <= 256 else "02:00:00:" + ":".join(
-            f"{b:02X}" for b in (n - 257).to_bytes(3, "big"))
-        mac = mac.replace(":", sep)
-        return mac.lower() if value.islower() else mac
+    def _mac(key: str, n: int) -> str:
+        if n <= 256:
+            return _MAC_DOC + f"{n - 1:02X}"
+        return _MAC_MORE + ":".join(f"{b:02X}" for b in (n - 257).to_bytes(3, "big"))
+
+    @staticmethod
+    def _layout(entity: str, value: str, fake: str) -> str:
+        if entity == "IP_ADDRESS":
+            fake = fake.replace(".", "-") if "-" in value else fake
+            return f"{fake}/{value.split('/', 1)[1]}" if "/" in value else fake
+        if entity == "CREDIT_CARD":
+            digits = iter(fake)
+            return "".join(next(digits) if c.isdigit() else c for c in value)
+        if entity == "MAC_ADDRESS":
+            fake = fake.replace(":", "-" if "-" in value else ":")
+            return fake.lower() if value.islower() else fake
+        return fake
 
 
 # -- the redactor ------------------------------------------------------------------------------------------------
@@ -342,7 +406,8 @@ class Redactor:
     """Remove secrets and pseudonymise ``pii_entities`` in texts; one instance = one consistent pseudonym space.
 
     ``redact(text)`` returns ``(redacted_text, counts)`` with ``counts`` the replacements per entity type in that
-    text; ``counts`` (attribute) accumulates over every call. Raises ValueError for an unknown entity name.
+    text; ``counts`` (attribute) accumulates over every call. ``redact(text, pii=False)`` removes secrets only
+    (for text whose personal data was pseudonymised already). Raises ValueError for an unknown entity name.
     """
 
     def __init__(self, pii_entities: tuple[str, ...] | list[str] = DEFAULT_PII):
@@ -354,7 +419,8 @@ class Redactor:
         if unknown:
             raise ValueError(f"unknown PII entities {unknown}; choose from {list(PII_ENTITIES)}")
         self.pii_entities = tuple(pii_entities)
-        self._secret_types = frozenset(secret_types())
+        self._secrets = frozenset(secret_types())
+        self._rank = {t: i for i, t in enumerate((*secret_types(), *PII_ENTITIES))}
         registry = RecognizerRegistry(recognizers=_recognizers(self.pii_entities), supported_languages=["en"])
         nlp = NoOpNlpEngine(models=[{"lang_code": "en", "model_name": "none"}])
         self.analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp, supported_languages=["en"])
@@ -362,34 +428,40 @@ class Redactor:
         self.pseudonyms = Pseudonymizer()
         self.counts: Counter[str] = Counter()
 
-    def find(self, text: str) -> list:
+    def find(self, text: str, pii: bool = True) -> list:
         """Presidio's findings in ``text`` without overlaps: secrets win over personal data, then longer spans;
-        values the pseudonymizer keeps (loopback IPs, existing pseudonyms, ...) are left out."""
+        values the pseudonymizer keeps (loopback IPs, existing pseudonyms, ...) are left out, and all personal
+        data when ``pii`` is false."""
+        secrets = len(secret_types())
         results = sorted(self.analyzer.analyze(text=text, language="en"),
-                         key=lambda r: (r.entity_type not in self._secret_types, r.start - r.end, r.start))
+                         key=lambda r: (self._rank[r.entity_type] >= secrets, r.start - r.end,
+                                        self._rank[r.entity_type], r.start))
         kept, taken = [], []
         for r in results:
-            if r.entity_type not in self._secret_types and self.pseudonyms.keeps(r.entity_type, text[r.start:r.end]):
+            if r.entity_type not in self._secrets and (
+                    not pii or self.pseudonyms.keeps(r.entity_type, text[r.start:r.end])):
                 continue
             if all(r.end <= s or r.start >= e for s, e in taken):
                 kept.append(r)
                 taken.append((r.start, r.end))
         return kept
 
-    def redact(self, text: str) -> tuple[str, Counter[str]]:
+    def redact(self, text: str, pii: bool = True) -> tuple[str, Counter[str]]:
         from presidio_anonymizer.entities import OperatorConfig
 
-        found = self.find(text)
+        found = self.find(text, pii)
         counts = Counter(r.entity_type for r in found)
         if not found:
             return text, counts
-        for r in sorted(found, key=lambda r: r.start):  # number pseudonyms in reading order
-            if r.entity_type not in self._secret_types:
-                self.pseudonyms(r.entity_type, text[r.start:r.end])
+        fakes = {}  # pseudonyms numbered in reading order; the anonymizer only looks them up
+        for r in sorted(found, key=lambda r: r.start):
+            if r.entity_type not in self._secrets:
+                value = text[r.start:r.end]
+                fakes[r.entity_type, value] = self.pseudonyms(r.entity_type, value)
         operators = {t: OperatorConfig("replace", {"new_value": f"<SECRET:{t}>"}) for t in counts
-                     if t in self._secret_types}
-        operators.update({t: OperatorConfig("custom", {"lambda": lambda v, t=t: self.pseudonyms(t, v)})
-                          for t in counts if t not in self._secret_types})
+                     if t in self._secrets}
+        operators.update({t: OperatorConfig("custom", {"lambda": lambda v, t=t: fakes.get((t, v), v)})
+                          for t in counts if t not in self._secrets})
         result = self.anonymizer.anonymize(text=text, analyzer_results=found, operators=operators,
                                            merge_entities_with_spaces=False)
         self.counts.update(counts)
@@ -442,9 +514,19 @@ class RedactConfig(StageConfig):
 
 
 def redact_row(row: dict, redactor: Redactor) -> dict:
-    """A chunk row with ``content`` redacted, and a ``redacted`` count map when something was replaced."""
-    text, counts = redactor.redact(row["content"])
-    return {**row, "content": text, **({"redacted": dict(counts)} if counts else {})}
+    """A chunk row with ``content`` redacted and a ``redaction`` entry ``{pii_entities, counts}`` (the counts of
+    this pass). A row that a redactor with the same or more ``pii_entities`` marked so already gets its secrets
+    checked only: pseudonyms are not pseudonymised again (one beyond the documentation ranges would change), so
+    the text stays exactly as the redact stage wrote it and as build-datasets pairs it with answers."""
+    done = set(row.get("redaction", {}).get("pii_entities", ()))
+    text, counts = redactor.redact(row["content"], pii=not done >= set(redactor.pii_entities))
+    return {**row, "content": text, "redaction": {"pii_entities": sorted(done | set(redactor.pii_entities)),
+                                                  "counts": dict(sorted(counts.items()))}}
+
+
+def changed(row: dict) -> bool:
+    """Whether redaction replaced anything in a row from ``redact_row``."""
+    return bool(row.get("redaction", {}).get("counts"))
 
 
 def write_mapping(redactor: Redactor, path: Path) -> None:
@@ -476,7 +558,7 @@ def run(cfg: RedactConfig) -> dict:
         for row in redacted:
             fh.write(row)
     lines = sum(r["content"].count("\n") + 1 for r in rows)
-    summary = {"chunks": len(rows), "chunks_changed": sum("redacted" in r for r in redacted), "lines": lines,
+    summary = {"chunks": len(rows), "chunks_changed": sum(map(changed, redacted)), "lines": lines,
                "counts": dict(sorted(redactor.counts.items())), "replaced": sum(redactor.counts.values()),
                "pii_entities": cfg.pii_entities, "secret_types": list(secret_types()),
                "seconds": round(seconds, 3), "lines_per_s": round(lines / seconds, 1) if seconds else None}

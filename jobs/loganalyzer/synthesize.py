@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -289,14 +290,18 @@ class _Redaction:
     def finish(self, out: Path) -> dict:
         if not self.active:
             return {"mode": self.cfg.redact, "active": False}
-        from loganalyzer.redact import describe
+        from loganalyzer.redact import changed, describe
 
-        with JsonlWriter(out / "chunks.redacted.jsonl") as fh:
-            for row in self.sent:
+        path = out / "chunks.redacted.jsonl"
+        ids = {r["id"] for r in self.sent}
+        # chunks an earlier run sent (a larger `limit`) keep their rows: their records still need them
+        earlier = [r for r in read_jsonl(path) if r["id"] not in ids] if path.is_file() else []
+        with JsonlWriter(path) as fh:
+            for row in (*self.sent, *earlier):
                 fh.write(row)
         counts = dict(sorted(self.redactor.counts.items())) if self.redactor else {}
         info = {"mode": self.cfg.redact, "active": True, "pii_entities": self.cfg.pii_entities,
-                "chunks_changed": sum("redacted" in r for r in self.sent), "counts": counts,
+                "chunks_changed": sum(map(changed, self.sent)), "counts": counts,
                 "replaced": sum(counts.values()), "seconds": round(self.seconds, 3)}
         log.info("synthesize: redacted before sending to %s: %d of %d chunks changed (%s); the chunks as sent: %s",
                  self.endpoint or "the in-process teacher", info["chunks_changed"], len(self.sent),
@@ -337,9 +342,13 @@ async def _run_async(cfg: SynthesizeConfig, chunks: list[dict], todo, redaction:
     n_workers = min(cfg.concurrency, max(1, total))
     bar = tqdm(total=total, desc="synthesize", unit="req", disable=not total)
 
+    stop = threading.Event()  # a worker failed: stop redacting what will not be sent
+
     def produce() -> None:
         try:
             for chunk in chunks:
+                if stop.is_set():
+                    return
                 sent = redaction(chunk)
                 for task in todo(chunk):
                     loop.call_soon_threadsafe(queue.put_nowait, (task, sent))
@@ -356,6 +365,7 @@ async def _run_async(cfg: SynthesizeConfig, chunks: list[dict], todo, redaction:
     try:
         await asyncio.gather(loop.run_in_executor(None, produce), *(worker() for _ in range(n_workers)))
     finally:
+        stop.set()
         bar.close()
         await client.close()
 
@@ -390,16 +400,19 @@ def run(cfg: SynthesizeConfig) -> dict:
              cfg.concurrency)
     counts: Counter[str] = Counter()
     redaction = _Redaction(cfg)
-    with JsonlWriter(records_path, append=True) as records, JsonlWriter(rejects_path, append=True) as rejects:
-        runner = _run_grounded if cfg.teacher == "grounded" else lambda *a: asyncio.run(_run_async(*a))
-        runner(cfg, chunks, todo, redaction, asked, records, rejects, counts)
+    try:
+        with JsonlWriter(records_path, append=True) as records, JsonlWriter(rejects_path, append=True) as rejects:
+            runner = _run_grounded if cfg.teacher == "grounded" else lambda *a: asyncio.run(_run_async(*a))
+            runner(cfg, chunks, todo, redaction, asked, records, rejects, counts)
+    finally:  # the records written so far were made from these chunks
+        redaction_info = redaction.finish(out)
     accepted = sum(v for k, v in counts.items() if k.startswith("accepted:"))
     summary = {"teacher": cfg.teacher, "model": cfg.model, "base_url": cfg.base_url, "chunks": len(chunks),
                "tasks": cfg.tasks,
                "skipped_done": skipped, "asked": asked, "accepted": accepted,
                "rejected": asked - accepted, "counts": dict(sorted(counts.items())),
                "records_total": len(done) + accepted, "seconds": round(time.perf_counter() - t0, 2),
-               "redaction": redaction.finish(out)}
+               "redaction": redaction_info}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     log.info("synthesize summary: %s", json.dumps(summary))
     from loganalyzer.tracking import log_stage

@@ -64,6 +64,9 @@ NEAR_MISSES = [  # (secret, line): the same secrets in the shapes logs give them
                                  "Jan  1 00:00:01 h app: -----END PRIVATE KEY-----"),
     ("dXNlcjpwYXNz", "GET /x HTTP/1.1\r\nAuthorization: Basic dXNlcjpwYXNz\r\nHost: api"),
     ("Q2xp-ZW50.Token", "req: Authorization: Bearer Q2xp-ZW50.Token"),
+    ("https://hooks.slack.com/services/TABC123/BDEF456/xyz789XYZ", "post https://hooks.slack.com/services/TABC123/"
+                                                                  "BDEF456/xyz789XYZ ok"),
+    ("AKIAZZZZZZZZZZZZZZZZ", "Credentials=AKIAZZZZZZZZZZZZZZZZ"),
 ]
 
 
@@ -84,6 +87,19 @@ def test_secrets_in_the_shapes_logs_give_them_are_removed_and_twice_changes_noth
     # and what is not a secret stays
     for line in ["Enter password:\n2015-07-29 19:21:46,123 - INFO", "401 Authorization: required", "token: none"]:
         assert r.redact(line) == (line, Counter()), line
+
+
+def test_trigger_words_never_hide_a_match():
+    """A ``Triggered`` regex is skipped on text without its words: every match must contain one of them."""
+    from loganalyzer.redact import Triggered, secret_patterns
+
+    texts = [line for _, _, line in planted_secrets()] + [line for _, line in NEAR_MISSES]
+    triggered = [rx for p in secret_patterns() for rx in p.regexes if isinstance(rx, Triggered)]
+    assert len(triggered) > 10
+    for rx in triggered:
+        for text in texts:
+            for m in rx.regex.finditer(text):
+                assert any(w in m.group(0).lower() for w in rx.words), (rx.regex.pattern, m.group(0))
 
 
 def test_pseudonyms_are_consistent_distinct_and_format_preserving():

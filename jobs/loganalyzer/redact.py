@@ -89,15 +89,31 @@ class SecretPattern:
 
     type: str
     label: str
-    regexes: tuple[re.Pattern, ...]
+    regexes: tuple[re.Pattern | Triggered, ...]
     source: str
 
 
-def _detect_secrets(module: str, cls: str, keep: slice = slice(None)) -> tuple[re.Pattern, ...]:
-    """The compiled ``denylist`` of a detect-secrets plugin (``keep`` selects some of them)."""
+@dataclass(frozen=True)
+class Triggered:
+    """A regex tried only on a text holding one of ``words`` (lower case): a substring test costs far less than a
+    case-insensitive or lookbehind-led regex scan, and most log text holds none of them."""
+
+    regex: re.Pattern
+    words: tuple[str, ...]
+
+
+def _when(words: tuple[str, ...], *patterns: str) -> tuple[Triggered, ...]:
+    return tuple(Triggered(re.compile(p), words) for p in patterns)
+
+
+def _detect_secrets(module: str, cls: str, keep: slice = slice(None),
+                    words: tuple[str, ...] = ()) -> tuple[re.Pattern | Triggered, ...]:
+    """The compiled ``denylist`` of a detect-secrets plugin (``keep`` selects some of them), ``Triggered`` by
+    ``words`` when given."""
     import importlib
 
-    return tuple(getattr(importlib.import_module(f"detect_secrets.plugins.{module}"), cls).denylist)[keep]
+    regexes = tuple(getattr(importlib.import_module(f"detect_secrets.plugins.{module}"), cls).denylist)[keep]
+    return tuple(Triggered(r, words) for r in regexes) if words else regexes
 
 
 _PEM_KEY = r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
@@ -109,18 +125,16 @@ _SCHEMES = "(?:bearer|basic|token|negotiate|apikey|digest)"  # HTTP authenticati
 # A token that looks random: a digit, or a capital after a small letter, in its characters (case-sensitive).
 _B64TOKEN, _BASE64 = r"[\w.~+/-]", r"[A-Za-z0-9+/]"
 _RANDOM_B64TOKEN, _RANDOM_BASE64 = (rf"(?-i:(?={c}*(?:\d|[a-z]{c}*[A-Z])))" for c in (_B64TOKEN, _BASE64))
-_KEY_START = r"(?<![<\w.-])[\w.-]*?"
 _KEY_END = r"""\\?["']?[ \t]*(?:[=:]|=>)[ \t]*"""
 _QUOTED = r"""\\?["'](?P<secret>{guard}(?!<SECRET:)[^"'\\\n]+)"""
 _BARE = r"""(?P<secret>{guard}(?!<SECRET:)(?!\\?["'])[^\s;&'"\\]+)"""
 
 
-def _key_value(keys: str, guard: str = "") -> tuple[re.Pattern, ...]:
-    """Regexes for the value of a key-value pair (or a ``--flag value``) whose key ends in one of ``keys``;
-    ``guard`` is a lookahead every value must pass."""
-    pair, flag = rf"(?i){_KEY_START}(?:{keys}){_KEY_END}", rf"(?i)(?<![\w-])--[\w-]*?(?:{keys})[ \t]+"
-    return (*(re.compile(pair + v.format(guard=guard)) for v in (_QUOTED, _BARE)),
-            re.compile(flag + _BARE.format(guard=guard)))
+def _key_value(keys: str, words: tuple[str, ...], guard: str = "") -> tuple[Triggered, ...]:
+    """Regexes for the value of a key-value pair (or a ``--flag value``) whose key ends in one of ``keys`` (each
+    holding one of ``words``); ``guard`` is a lookahead every value must pass."""
+    pair, flag = rf"(?i)(?<!<)(?:{keys}){_KEY_END}", rf"(?i)(?<![\w-])--(?:[\w-]*[_-])?(?:{keys})[ \t]+"
+    return _when(words, *(pair + v.format(guard=guard) for v in (_QUOTED, _BARE)), flag + _BARE.format(guard=guard))
 
 
 @cache
@@ -137,63 +151,70 @@ def secret_patterns() -> tuple[SecretPattern, ...]:
             "RFC 7468 PEM private-key labels (the headers detect-secrets' PrivateKeyDetector lists)"),
         SecretPattern("AWS_KEY", "AWS key", (
             *_detect_secrets("aws", "AWSKeyDetector", slice(0, 1)),  # access key ids: AKIA..., ASIA..., ...
-            re.compile(r"(?i)aws_?secret_?(?:access_?)?key\\?[\"']?[ \t]*[=:][ \t]*\\?[\"']?"
-                       r"(?P<secret>[A-Za-z0-9/+]{40})(?![\w/+])")),
+            *_when(("aws",), r"(?i)aws_?secret_?(?:access_?)?key\\?[\"']?[ \t]*[=:][ \t]*\\?[\"']?"
+                                r"(?P<secret>[A-Za-z0-9/+]{40})(?![\w/+])")),
             ds.format("AWSKeyDetector", "access key id") + "; secret access key assignments (gitleaks aws rule)"),
-        SecretPattern("GCP_API_KEY", "Google API key", (re.compile(r"\bAIza[0-9A-Za-z_-]{35}(?![\w-])"),),
+        SecretPattern("GCP_API_KEY", "Google API key", _when(("aiza",), r"\bAIza[0-9A-Za-z_-]{35}(?![\w-])"),
                       "Google API key format AIza + 35 chars (gitleaks gcp-api-key)"),
         SecretPattern("GITHUB_TOKEN", "GitHub token", (
             *_detect_secrets("github_token", "GitHubTokenDetector"),
-            re.compile(r"\bgithub_pat_\w{82}\b")),
+            *_when(("github_pat_",), r"\bgithub_pat_\w{82}\b")),
             ds.format("GitHubTokenDetector", "ghp_/gho_/ghu_/ghs_/ghr_") + "; fine-grained github_pat_ "
             "(gitleaks github-fine-grained-pat)"),
         SecretPattern("GITLAB_TOKEN", "GitLab token", _detect_secrets("gitlab_token", "GitLabTokenDetector"),
                       ds.format("GitLabTokenDetector", "glpat-, runner, CI, ... tokens")),
-        SecretPattern("SLACK_TOKEN", "Slack token", _detect_secrets("slack", "SlackDetector"),
+        SecretPattern("SLACK_TOKEN", "Slack token",
+                      _detect_secrets("slack", "SlackDetector", words=("xox", "hooks.slack")),
                       ds.format("SlackDetector", "xox?- tokens, webhook URLs")),
         SecretPattern("STRIPE_KEY", "Stripe key", (
-            *_detect_secrets("stripe", "StripeDetector"),
-            re.compile(r"\b(?:sk|rk)_(?:test|live|prod)_[0-9a-zA-Z]{10,99}\b")),
+            *_detect_secrets("stripe", "StripeDetector", words=("k_live_",)),
+            *_when(("k_test_", "k_live_", "k_prod_"), r"\b(?:sk|rk)_(?:test|live|prod)_[0-9a-zA-Z]{10,99}\b")),
             ds.format("StripeDetector", "live keys") + "; test/prod keys (gitleaks stripe-access-token)"),
         SecretPattern("OPENAI_KEY", "OpenAI key", (
             *_detect_secrets("openai", "OpenAIDetector"),
-            re.compile(r"\bsk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{20,}")),
+            *_when(("sk-",), r"\bsk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{20,}")),
             ds.format("OpenAIDetector", "legacy keys") + "; project/service keys (gitleaks openai-api-key)"),
-        SecretPattern("JWT", "JWT", (re.compile(r"\beyJ[A-Za-z0-9_-]{2,}\.eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*"),),
+        SecretPattern("JWT", "JWT", _when(("eyj",), r"\beyJ[A-Za-z0-9_-]{2,}\.eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*"),
                       "RFC 7519 compact JWS (base64url header.payload.signature); detect-secrets JwtTokenDetector "
                       "matches the same prefix"),
         SecretPattern("API_TOKEN", "API token", (
             # not TelegramBotTokenDetector: `\d{8,10}:` + 35 chars also matches storage WWIDs (Loghub HPC)
-            *(p for m, c in (("azure_storage_key", "AzureStorageKeyDetector"), ("discord", "DiscordBotTokenDetector"),
-                             ("mailchimp", "MailchimpDetector"), ("npm", "NpmDetector"),
-                             ("pypi_token", "PypiTokenDetector"), ("sendgrid", "SendGridDetector"),
-                             ("square_oauth", "SquareOAuthDetector"))
-              for p in _detect_secrets(m, c)),
+            *(p for m, c, w in (("azure_storage_key", "AzureStorageKeyDetector", ("accountkey=",)),
+                                ("discord", "DiscordBotTokenDetector", ()),
+                                ("mailchimp", "MailchimpDetector", ("-us",)),
+                                ("npm", "NpmDetector", ("_authtoken",)),
+                                ("pypi_token", "PypiTokenDetector", ("pypi-",)),
+                                ("sendgrid", "SendGridDetector", ("sg.",)),
+                                ("square_oauth", "SquareOAuthDetector", ("sq0csp-",)))
+              for p in _detect_secrets(m, c, words=w)),
             # `...token=`, `credentials:` pairs (HF_TOKEN=, ?token=, "auth_token": ...): 8+ characters with a digit,
             # so that `token: Kind: HDFS_DELEGATION_TOKEN` or `credentials: user bob` are left alone
-            *_key_value(r"token|credentials?", r"(?=[^\s;&'\"\\]*\d)(?=[^\s;&'\"\\]{8})")),
+            *_key_value(r"token|credentials?", ("token", "credential"), r"(?=[^\s;&'\"\\]*\d)(?=[^\s;&'\"\\]{8})")),
             "detect-secrets Azure storage, Discord, Mailchimp, npm, PyPI, SendGrid, Square detectors; token and "
             "credentials pairs"),
         SecretPattern("AUTH_HEADER", "authorization credential", (
             # the value of an Authorization header: after a scheme anything; without one, 8+ characters with a
             # digit (so not "Authorization: required")
-            re.compile(rf"(?i)\b(?:proxy-)?authorization[ \t]*[:=][ \t]*{_SCHEMES}[ \t]+"
-                       r"(?P<secret>(?!<SECRET:)[^\s,;\"'\[\]]{4,})"),
-            re.compile(rf"(?i)\b(?:proxy-)?authorization[ \t]*[:=][ \t]*(?P<secret>(?!<SECRET:)(?!{_SCHEMES}\b)"
-                       r"(?=[^\s,;\"'\[\]]*\d)[^\s,;\"'\[\]]{8,})"),
+            *_when(("authorization",),
+                   rf"(?i)\b(?:proxy-)?authorization[ \t]*[:=][ \t]*{_SCHEMES}[ \t]+"
+                   r"(?P<secret>(?!<SECRET:)[^\s,;\"'\[\]]{4,})",
+                   rf"(?i)\b(?:proxy-)?authorization[ \t]*[:=][ \t]*(?P<secret>(?!<SECRET:)(?!{_SCHEMES}\b)"
+                   r"(?=[^\s,;\"'\[\]]*\d)[^\s,;\"'\[\]]{8,})"),
             # outside a header: an RFC 6750 b64token after "Bearer", base64 (RFC 7617) after "Basic", when it
             # looks random (a digit, or a capital after a small letter): "Basic authentication" is not one
-            re.compile(rf"(?i)\bbearer[ \t]+(?P<secret>(?!<SECRET:){_RANDOM_B64TOKEN}[A-Za-z0-9._~+/-]{{8,}}=*)"),
-            re.compile(rf"\b[Bb]asic[ \t]+(?P<secret>{_RANDOM_BASE64}[A-Za-z0-9+/]{{8,}}={{0,2}})(?![\w+/=])")),
+            *_when(("bearer",),
+                   rf"(?i)\bbearer[ \t]+(?P<secret>(?!<SECRET:){_RANDOM_B64TOKEN}[A-Za-z0-9._~+/-]{{8,}}=*)"),
+            *_when(("basic",), rf"\b[Bb]asic[ \t]+(?P<secret>{_RANDOM_BASE64}[A-Za-z0-9+/]{{8,}}={{0,2}})(?![\w+/=])")),
             "RFC 6750 bearer tokens, RFC 7617 Basic credentials, Authorization header values"),
         SecretPattern("URL_PASSWORD", "password in a URL", (
             # RFC 3986 userinfo: the password may hold sub-delims (!$&'()*+,;=), and, written unencoded, '@':
             # it ends at the authority's last '@'. (detect-secrets' BasicAuthDetector stops at sub-delims.)
-            re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s]*:(?P<secret>(?!<SECRET:)[^/?#\s]+)@"
-                       r"(?=[^@/?#\s]*(?:[/?#\s]|$))"),),
+            *_when(("://",), r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s]*:(?P<secret>(?!<SECRET:)[^/?#\s]+)@"
+                                 r"(?=[^@/?#\s]*(?:[/?#\s]|$))"),),
             "RFC 3986 userinfo (scheme://user:PASSWORD@host)"),
         SecretPattern("PASSWORD", "password", _key_value(
-            r"password|passwd|passphrase|secret|secret[_-]?key|api[_-]?key|access[_-]?key|private[_-]?key|[_.-]pwd"),
+            r"pass(?:word|wd|phrase)|secret(?:[_-]?key)?|(?:api|access|private)[_-]?key|[_.-]pwd",
+            ("pass", "secret", "key", "pwd")),
             "key-value pairs whose key names a password, secret or key (the keywords of detect-secrets' "
             "KeywordDetector, in log formats; a bare `pwd` is the working directory, so it needs a prefix)"),
     )
@@ -224,8 +245,13 @@ def _recognizers(pii_entities: tuple[str, ...]) -> list:
             pass
 
         def analyze(self, text, entities, nlp_artifacts=None):
-            results = []
+            results, low = [], None
             for rx in self.pattern.regexes:
+                if isinstance(rx, Triggered):
+                    low = text.lower() if low is None else low
+                    if not any(w in low for w in rx.words):
+                        continue
+                    rx = rx.regex
                 group = "secret" if "secret" in rx.groupindex else 0
                 for m in rx.finditer(text):
                     start, end = m.span(group)

@@ -56,11 +56,10 @@ def presidio_line_by_line(lines: list[str], nlp: str) -> tuple[float, Counter]:
                                                           supported_languages=["en"]),
                               nlp_engine=engine, supported_languages=["en"])
     analyzer.analyze(text=lines[0], language="en")  # compile the patterns outside the timing
-    found: Counter = Counter()
     t0 = time.perf_counter()
-    for line in lines:
-        found.update(r.entity_type for r in analyzer.analyze(text=line, language="en"))
-    return time.perf_counter() - t0, found
+    results = [analyzer.analyze(text=line, language="en") for line in lines]
+    seconds = time.perf_counter() - t0
+    return seconds, Counter(r.entity_type for rs in results for r in rs)
 
 
 def ours(lines: list[str]) -> tuple[float, Counter]:

@@ -67,6 +67,16 @@ NEAR_MISSES = [  # (secret, line): the same secrets in the shapes logs give them
     ("https://hooks.slack.com/services/TABC123/BDEF456/xyz789XYZ", "post https://hooks.slack.com/services/TABC123/"
                                                                   "BDEF456/xyz789XYZ ok"),
     ("AKIAZZZZZZZZZZZZZZZZ", "Credentials=AKIAZZZZZZZZZZZZZZZZ"),
+    ("abcdef123456", '{"Authorization": "token abcdef123456"}'),
+    ("sk-abc123def456ghi789", "{'authorization': 'sk-abc123def456ghi789'}"),
+    ("hunter2", "config: password => hunter2"),
+    ("6629fae49393a05397450978507c4ef1", 'Authorization: Digest username="bob", nonce="n1", '
+                                         'response="6629fae49393a05397450978507c4ef1"'),
+    ("hunter2x", "GET /login?user=bob&pass=hunter2x HTTP/1.1; openssl -passin pass:hunter2x"),
+    ("9a8b7c6d5e4f", "rails: secret_key_base: 9a8b7c6d5e4f"),
+    ("8f7a6b5c4d3e2f1a", "< set-cookie: sessionid=8f7a6b5c4d3e2f1a; Path=/"),
+    ("0123456789abcdef0123456789abcdef", "Ocp-Apim-Subscription-Key: 0123456789abcdef0123456789abcdef"),
+    ("hf_" + "Qx" * 17, "download with hf_" + "Qx" * 17),
 ]
 
 
@@ -85,7 +95,10 @@ def test_secrets_in_the_shapes_logs_give_them_are_removed_and_twice_changes_noth
     out, _ = r.redact('{"password": "a b c", "user": "x"}')
     assert json.loads(out) == {"password": "<SECRET:PASSWORD>", "user": "x"}
     # and what is not a secret stays
-    for line in ["Enter password:\n2015-07-29 19:21:46,123 - INFO", "401 Authorization: required", "token: none"]:
+    for line in ["Enter password:\n2015-07-29 19:21:46,123 - INFO", "401 Authorization: required", "token: none",
+                 "Secret: true", "passwd[9]: pam_unix(passwd:chauthtok): password changed for bob",
+                 "max_token=12345678 bypass=on1 compass: north1",
+                 "session termination for sessionid: 0x14ede63a5a70002"]:
         assert r.redact(line) == (line, Counter()), line
 
 

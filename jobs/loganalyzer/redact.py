@@ -13,8 +13,9 @@ the format's specification (RFC 6750 bearer tokens, RFC 7617 Basic credentials, 
 private-key blocks, RFC 3986 userinfo) or the vendor's documented key format, as written in gitleaks' rules.
 
 **Personal data** (``pii_entities``; default ``DEFAULT_PII``) is pseudonymised **consistently and
-format-preserving** within one ``Redactor`` (one run, one chat): the n-th distinct value of a type always becomes
-the n-th pseudonym, so "repeated failures from one host" stay visible and distinct values stay distinct:
+format-preserving** within one ``Redactor`` (one run, one chat): each distinct value of a type gets the next unused
+pseudonym the first time it is seen and keeps it, so "repeated failures from one host" stay visible and distinct
+values stay distinct:
 
 - ``IP_ADDRESS`` (Presidio's recognizer, and IPv4 addresses written with dashes in host names such as
   ``ip-10-0-3-7``, which keep their dashes): IPv4 -> the documentation ranges 192.0.2.0/24, 198.51.100.0/24,
@@ -119,15 +120,26 @@ def _detect_secrets(module: str, cls: str, keep: slice = slice(None),
 _PEM_KEY = r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
 # `key=value`, `key: value`, `"key": "value"` (also JSON escaped inside a JSON log line, \"key\":\"value\"),
 # `key => value` and `--key value`, keys matched case-insensitively as the end of a longer name (DB_PASSWORD,
-# HF_TOKEN). The value stays on its line; a quoted value is replaced inside its quotes, an unquoted one up to
-# whitespace, `;`, `&` or a quote (commas included: a password may hold one). Placeholders are not matched again.
-_SCHEMES = "(?:bearer|basic|token|negotiate|apikey|digest)"  # HTTP authentication schemes
+# HF_TOKEN) or before a few suffixes (secret_key_base, password_hash). The value stays on its line; a quoted value
+# is replaced inside its quotes, an unquoted one up to whitespace, `;`, `&` or a quote (commas included: a password
+# may hold one). Placeholders are not matched again.
+_SCHEME_NAMES = "bearer|basic|token|negotiate|apikey"  # HTTP authentication schemes (Digest has its own rule)
+_SCHEMES = f"(?:{_SCHEME_NAMES})"
 # A token that looks random: a digit, or a capital after a small letter, in its characters (case-sensitive).
 _B64TOKEN, _BASE64 = r"[\w.~+/-]", r"[A-Za-z0-9+/]"
 _RANDOM_B64TOKEN, _RANDOM_BASE64 = (rf"(?-i:(?={c}*(?:\d|[a-z]{c}*[A-Z])))" for c in (_B64TOKEN, _BASE64))
-_KEY_END = r"""\\?["']?[ \t]*(?:[=:]|=>)[ \t]*"""
+_HEADER = r"""(?:proxy-)?authorization\\?["']?[ \t]*[:=][ \t]*\\?["']?"""  # also "Authorization": "..."
+_KEY_END = r"""(?:[_-]?(?:base|value|hash|str|string|plain|text))?\\?["']?[ \t]*(?:=>|[=:])[ \t]*"""
 _QUOTED = r"""\\?["'](?P<secret>{guard}(?!<SECRET:)[^"'\\\n]+)"""
-_BARE = r"""(?P<secret>{guard}(?!<SECRET:)(?!\\?["'])[^\s;&'"\\]+)"""
+_BARE = r"""(?P<secret>{guard}(?!<SECRET:)(?!>|\\?["'])[^\s;&'"\\]+)"""
+_VALUE_CHARS = r"""[^\s;&'"\\]"""
+# Values that say something about a password rather than being one ("Secret: true", "password changed", and PAM's
+# "pam_unix(passwd:chauthtok)").
+_NOT_A_VALUE = (r"(?!(?:true|false|null|none|nil|yes|no|changed|updated|required|expired|invalid|incorrect|empty"
+                r"|set|unset|ok|chauthtok|auth|account|session)\b)")
+# A token-like value: 8+ characters with a letter and a digit, not a 0x hex number (not `max_token=12345678`, not
+# `Kind:`, not ZooKeeper's `sessionid: 0x14ede63a5a70002`, an id that log analysis follows).
+_TOKEN_LIKE = rf"(?!0x[0-9A-Fa-f]+\b)(?={_VALUE_CHARS}*\d)(?={_VALUE_CHARS}*[A-Za-z])(?={_VALUE_CHARS}{{8}})"
 
 
 def _key_value(keys: str, words: tuple[str, ...], guard: str = "") -> tuple[Triggered, ...]:
@@ -187,19 +199,24 @@ def secret_patterns() -> tuple[SecretPattern, ...]:
                                 ("sendgrid", "SendGridDetector", ("sg.",)),
                                 ("square_oauth", "SquareOAuthDetector", ("sq0csp-",)))
               for p in _detect_secrets(m, c, words=w)),
-            # `...token=`, `credentials:` pairs (HF_TOKEN=, ?token=, "auth_token": ...): 8+ characters with a digit,
-            # so that `token: Kind: HDFS_DELEGATION_TOKEN` or `credentials: user bob` are left alone
-            *_key_value(r"token|credentials?", ("token", "credential"), r"(?=[^\s;&'\"\\]*\d)(?=[^\s;&'\"\\]{8})")),
-            "detect-secrets Azure storage, Discord, Mailchimp, npm, PyPI, SendGrid, Square detectors; token and "
-            "credentials pairs"),
+            # Hugging Face and Anthropic tokens (gitleaks huggingface-access-token, anthropic-api-key)
+            *_when(("hf_",), r"\bhf_[A-Za-z]{34}\b"),
+            *_when(("sk-ant-",), r"\bsk-ant-(?:api|admin)\d\d-[\w-]{80,100}\b"),
+            # `...token=`, `credentials:`, `session_id=` pairs (HF_TOKEN=, ?token=, "auth_token": ...) with a
+            # token-like value, so that `token: Kind: HDFS_DELEGATION_TOKEN` or `credentials: user bob` stay
+            *_key_value(r"token|credentials?|session(?:[_-]?id)?|(?<![a-z])sid", ("token", "credential", "session",
+                                                                                  "sid"), _TOKEN_LIKE)),
+            "detect-secrets Azure storage, Discord, Mailchimp, npm, PyPI, SendGrid, Square detectors; gitleaks "
+            "Hugging Face and Anthropic rules; token, credentials and session pairs"),
         SecretPattern("AUTH_HEADER", "authorization credential", (
-            # the value of an Authorization header: after a scheme anything; without one, 8+ characters with a
-            # digit (so not "Authorization: required")
+            # the value of an Authorization header (also as a JSON or dict key): after a scheme, its token; after
+            # Digest, the rest of the line (username, nonce, response); with no scheme, 8+ characters with a digit
+            # (so not "Authorization: required")
             *_when(("authorization",),
-                   rf"(?i)\b(?:proxy-)?authorization[ \t]*[:=][ \t]*{_SCHEMES}[ \t]+"
-                   r"(?P<secret>(?!<SECRET:)[^\s,;\"'\[\]]{4,})",
-                   rf"(?i)\b(?:proxy-)?authorization[ \t]*[:=][ \t]*(?P<secret>(?!<SECRET:)(?!{_SCHEMES}\b)"
-                   r"(?=[^\s,;\"'\[\]]*\d)[^\s,;\"'\[\]]{8,})"),
+                   rf"(?i)\b{_HEADER}{_SCHEMES}[ \t]+(?P<secret>(?!<SECRET:)[^\s,;\"'\\\[\]]{{4,}})",
+                   rf"(?i)\b{_HEADER}digest[ \t]+(?P<secret>(?!<SECRET:)[^\n]+)",
+                   rf"(?i)\b{_HEADER}(?P<secret>(?!<SECRET:)(?!(?:{_SCHEME_NAMES}|digest)\b)"
+                   r"(?=[^\s,;\"'\\\[\]]*\d)[^\s,;\"'\\\[\]]{8,})"),
             # outside a header: an RFC 6750 b64token after "Bearer", base64 (RFC 7617) after "Basic", when it
             # looks random (a digit, or a capital after a small letter): "Basic authentication" is not one
             *_when(("bearer",),
@@ -212,9 +229,13 @@ def secret_patterns() -> tuple[SecretPattern, ...]:
             *_when(("://",), r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s]*:(?P<secret>(?!<SECRET:)[^/?#\s]+)@"
                                  r"(?=[^@/?#\s]*(?:[/?#\s]|$))"),),
             "RFC 3986 userinfo (scheme://user:PASSWORD@host)"),
-        SecretPattern("PASSWORD", "password", _key_value(
-            r"pass(?:word|wd|phrase)|secret(?:[_-]?key)?|(?:api|access|private)[_-]?key|[_.-]pwd",
-            ("pass", "secret", "key", "pwd")),
+        SecretPattern("PASSWORD", "password", (
+            *_key_value(r"pass(?:word|wd|phrase)|secret(?:[_-]?key)?|(?:api|access|private|subscription)[_-]?key"
+                        r"|[_.-]pwd", ("pass", "secret", "key", "pwd"), _NOT_A_VALUE),
+            # the short keys `pass`, `pw` (?user=bob&pass=..., openssl's pass:...) with a value of a letter and a
+            # digit, 6+ characters
+            *_key_value(r"(?<![a-z])(?:pass|pw)", ("pass", "pw"),
+                        rf"(?={_VALUE_CHARS}*\d)(?={_VALUE_CHARS}*[A-Za-z])(?={_VALUE_CHARS}{{6}})")),
             "key-value pairs whose key names a password, secret or key (the keywords of detect-secrets' "
             "KeywordDetector, in log formats; a bare `pwd` is the working directory, so it needs a prefix)"),
     )
@@ -329,8 +350,9 @@ class Pseudonymizer:
     lower case, a card's digits, a MAC in upper case with colons), so ``10.0.0.5`` and ``10.0.0.5/24`` share one.
 
     ``keeps(type, value)`` says which values are left as they are; a kept value that lies in the pseudonym space
-    (an address from a documentation range, ``user-3@example.com``) is never handed out as a pseudonym, so two
-    values never share one. ``mapping``: canonical original -> pseudonym, per type."""
+    (an address from a documentation range, ``user-3@example.com``) is not handed out afterwards. One seen after it
+    was handed out is taken for that pseudonym: that is how the chat's questions quote hosts back. ``mapping``:
+    canonical original -> pseudonym, per type."""
 
     def __init__(self):
         self.mapping: dict[str, dict[str, str]] = {e: {} for e in PII_ENTITIES}

@@ -404,8 +404,13 @@ def run(cfg: SynthesizeConfig) -> dict:
         with JsonlWriter(records_path, append=True) as records, JsonlWriter(rejects_path, append=True) as rejects:
             runner = _run_grounded if cfg.teacher == "grounded" else lambda *a: asyncio.run(_run_async(*a))
             runner(cfg, chunks, todo, redaction, asked, records, rejects, counts)
-    finally:  # the records written so far were made from these chunks
-        redaction_info = redaction.finish(out)
+    except BaseException:  # the records written so far were made from these chunks: keep them pairable
+        try:
+            redaction.finish(out)
+        except Exception:
+            log.exception("synthesize: could not write %s after the failure below", out / "chunks.redacted.jsonl")
+        raise
+    redaction_info = redaction.finish(out)
     accepted = sum(v for k, v in counts.items() if k.startswith("accepted:"))
     summary = {"teacher": cfg.teacher, "model": cfg.model, "base_url": cfg.base_url, "chunks": len(chunks),
                "tasks": cfg.tasks,

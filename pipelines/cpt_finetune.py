@@ -143,6 +143,7 @@ def evaluate(test: str, base: str, sft: str, cpt_sft: str, run_dir: str, max_new
     import shutil
 
     from loganalyzer import steps
+    from loganalyzer.grounding import GROUNDING_METRICS
     from loganalyzer.metrics import METRICS
 
     steps.use_tracking(tracking_uri, experiment, parent_run_id)
@@ -150,6 +151,9 @@ def evaluate(test: str, base: str, sft: str, cpt_sft: str, run_dir: str, max_new
     for name in ("base", "sft", "cpt_sft"):  # KFP run comparison shows these side by side
         for m in METRICS:
             metrics.log_metric(f"{name}_{m}", round(report[name][m], 4))
+        for m in GROUNDING_METRICS:  # None: no answer stated a checkable detail
+            if report[name]["grounding"][m] is not None:
+                metrics.log_metric(f"{name}_{m}", round(report[name]["grounding"][m], 4))
     shutil.copy(f"{run_dir}/eval/report.md", report_md.path)  # table: the run's Visualizations tab
     shutil.copy(f"{run_dir}/eval/report.html", report_html.path)  # table + chart
     return f"{run_dir}/eval/report.json"

@@ -27,6 +27,11 @@ def test_endpoint_mode_report_shape_and_paired_comparison(tiny_env, tmp_path):
         assert set(r["per_task"]) == {"summarize", "root_cause", "find_patterns", "compare_halves", "conversation"}
     # The fake teacher answers deterministically, so every model scores the same: no difference.
     assert report["cpt_sft"]["vs_sft"]["rouge1"]["delta"] == 0 and report["cpt_sft"]["vs_sft"]["rouge1"]["p_value"] == 1
+    # grounding: the fake teacher's answers quote the log's first and last lines, so every detail is in the log
+    for r in report.values():
+        assert r["grounding"]["entity_precision"] == 1.0 and r["grounding"]["entity_precision_n"] == 10
+    assert report["cpt_sft"]["vs_sft_grounding"]["entity_precision"]["delta"] == 0
+    assert "| model | entity_precision | n | entity_recall | n |" in (out / "report.md").read_text()
     assert json.loads((out / "report.json").read_text()) == report
     assert "| cpt_sft |" in (out / "report.md").read_text() and (out / "metrics.png").stat().st_size > 5000
     html = (out / "report.html").read_text()
@@ -71,3 +76,42 @@ def test_endpoint_prompts_and_references_are_redacted_alike(tmp_path):
     preds = [json.loads(x) for x in (tmp_path / "e" / "predictions_m.jsonl").read_text().splitlines()]
     assert {p["reference"] for p in preds} == {"Root login attempts from 192.0.2.1 failed."}
     assert json.loads((tmp_path / "e" / "redaction.json").read_text())["counts"] == {"IP_ADDRESS": 6, "PASSWORD": 3}
+
+
+def test_eval_sets_in_sharegpt_alpaca_and_our_format(tmp_path, shared_data):
+    """A published test set is read as is: the seed's ShareGPT chat file (real records, read in place), Alpaca
+    JSON Lines, our sft_test rows; a record without its reference field is an error naming the record."""
+    from loganalyzer.eval_sets import load_eval_set
+
+    seed = shared_data / "fpt_json_analysis" / "test_json.json"
+    rows = load_eval_set(seed)
+    raw = json.loads(seed.read_text())
+    assert len(rows) == len(raw) == 100
+    assert [m["role"] for m in rows[0]["messages"]] == ["user", "assistant"]
+    assert prompt_and_reference(rows[0])[1] == raw[0]["conversations"][-1]["value"]
+    assert "Log content:" in rows[0]["messages"][0]["content"]
+    alpaca = tmp_path / "alpaca.jsonl"
+    alpaca.write_text(json.dumps({"instruction": "Summarize the log.", "input": "a\nb", "output": "Two lines."}) + "\n"
+                      + json.dumps({"id": "x", "instruction": "Any errors?", "input": "", "output": "No."}) + "\n")
+    assert [r["messages"] for r in load_eval_set(alpaca)] == [
+        [{"role": "user", "content": "Summarize the log.\n\na\nb"}, {"role": "assistant", "content": "Two lines."}],
+        [{"role": "user", "content": "Any errors?"}, {"role": "assistant", "content": "No."}]]
+    ours = tmp_path / "ours.jsonl"
+    ours.write_text(json.dumps({"id": "c1/summarize", "task": "summarize", "messages": [
+        {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n")
+    assert load_eval_set(ours)[0]["task"] == "summarize"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"instruction": "q", "output": "a"}, {"instruction": "q2", "input": "x"}]))
+    with pytest.raises(ValueError, match=r"bad.json record 1: Alpaca record without a string 'output'"):
+        load_eval_set(bad)
+    (tmp_path / "gpt.json").write_text(json.dumps([{"conversations": [{"from": "human", "value": "only a question"}]}]))
+    with pytest.raises(ValueError, match="record 0: no assistant turn"):
+        load_eval_set(tmp_path / "gpt.json")
+
+
+def test_evaluate_on_the_seeds_sharegpt_test_file(tmp_path, shared_data):
+    with FakeOpenAI() as srv:
+        report = run(EvaluateConfig(test=str(shared_data / "fpt_json_analysis" / "test_json.json"), limit=6,
+                                    endpoint=srv.base_url, models=["m=fake"], out=str(tmp_path / "e"), n_boot=20))
+    assert report["m"]["n"] == 6 and set(report["m"]["per_task"]) == {"all"}
+    assert len(srv.bodies) == 6 and srv.bodies[0]["messages"][0]["content"].startswith("You are analyzing log")

@@ -2,18 +2,21 @@
 
 ``loganalyzer evaluate --test datasets/sft_test.jsonl --models base=DIR sft=DIR cpt_sft=DIR --out eval/``
 
-Each test row is scored on its last assistant message: the prompt is every message before it (one user turn
-for single-answer tasks, the history for conversations). Decoding is fixed and greedy (``do_sample=False``,
-``max_new_tokens``), either in-process (batched HF generation, left padding) or, with ``--endpoint URL``, through
-any OpenAI-compatible server (``temperature=0``; ``name=MODEL`` then names the served model). Toward an endpoint
-that is not on loopback the prompts are redacted first (``redact: auto``, see ``loganalyzer.redact``), and the
-references with the same pseudonyms, so that answers are scored against what the model was shown;
-``redaction.json`` then holds the counts.
+The test set is ``build-datasets``' ``sft_test.jsonl`` or a published one in ShareGPT or Alpaca form
+(``loganalyzer.eval_sets``). Each test row is scored on its last assistant message: the prompt is every message
+before it (one user turn for single-answer tasks, the history for conversations). Decoding is fixed and greedy
+(``do_sample=False``, ``max_new_tokens``), either in-process (batched HF generation, left padding) or, with
+``--endpoint URL``, through any OpenAI-compatible server (``temperature=0``; ``name=MODEL`` then names the served
+model). Toward an endpoint that is not on loopback the prompts are redacted first (``redact: auto``, see
+``loganalyzer.redact``), and the references with the same pseudonyms, so that answers are scored against what the
+model was shown; ``redaction.json`` then holds the counts.
 
 Writes ``predictions_<name>.jsonl`` ({id, task, system, prediction, reference}), ``report.json``
 (``{name: {six metrics, <metric>_ci95, n, per_task: {task: {n, six metrics}}}}`` (per-task values from the
 builtin definitions), and for ``cpt_sft`` when ``sft`` is present
-``vs_sft: {metric: {delta, p_value, ci95}}`` from a paired bootstrap), ``report.md`` (tables),
+``vs_sft: {metric: {delta, p_value, ci95}}`` from a paired bootstrap; ``grounding`` per model and
+``vs_sft_grounding``: entity precision against the log and recall against the reference, ``loganalyzer.grounding``),
+``report.md`` (tables),
 ``metrics.png`` (bar chart with CIs) and ``report.html`` (both in one page).
 Metric definitions: ``loganalyzer.metrics``.
 """
@@ -30,8 +33,10 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field, field_validator
 
+from loganalyzer import grounding
 from loganalyzer.config import ConfigError, StageConfig, parse_config
-from loganalyzer.io import JsonlWriter, read_jsonl
+from loganalyzer.eval_sets import load_eval_set
+from loganalyzer.io import JsonlWriter
 from loganalyzer.metrics import METRICS, aggregate, paired_bootstrap, per_sample, score
 from loganalyzer.redact import DEFAULT_PII, REDACT_MODE_HELP, PiiEntity, RedactMode
 
@@ -41,7 +46,8 @@ log = logging.getLogger("loganalyzer.evaluate")
 class EvaluateConfig(StageConfig):
     """Generate answers for the test split with each model and compare them (six metrics, CIs, p-value)."""
 
-    test: str = Field(description="SFT test JSON Lines (build-datasets' sft_test.jsonl)")
+    test: str = Field(description="test set: build-datasets' sft_test.jsonl, or a ShareGPT or Alpaca JSON/JSON "
+                                   "Lines file (loganalyzer.eval_sets)")
     models: list[str] = Field(description="name=model_dir (or name=served_model with --endpoint)")
     out: str = Field(description="output directory")
     endpoint: str | None = Field(None, description="OpenAI-compatible base URL (…/v1) instead of in-process")
@@ -171,6 +177,18 @@ def markdown_report(report: dict, shown: dict | None = None) -> str:
         for m, c in report["cpt_sft"]["vs_sft"].items():
             lo, hi = c["ci95"]
             lines.append(f"| {m} | {c['delta']:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {c['p_value']:.3f} |")
+    lines += ["", "Grounding (`loganalyzer.grounding`): entity precision against the log (stated hosts, IPs, ids, "
+              "users, ... that occur in it) and entity recall against the reference:", "",
+              "| model | entity_precision | n | entity_recall | n |", "|---|---|---|---|---|"]
+    for name in names:
+        g = report[name].get("grounding", {})
+        cells = [(f"{g[m]:.3f} [{g[m + '_ci95'][0]:.3f}, {g[m + '_ci95'][1]:.3f}]" if g.get(m) is not None else "-",
+                  g.get(m + "_n", 0)) for m in grounding.GROUNDING_METRICS]
+        lines.append(f"| {name} | " + " | ".join(f"{c} | {n}" for c, n in cells) + " |")
+    for m, c in report.get("cpt_sft", {}).get("vs_sft_grounding", {}).items():
+        if c["delta"] is not None:
+            lines.append(f"\ncpt_sft vs sft, {m}: {c['delta']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}], "
+                         f"p = {c['p_value']:.3f} (paired, {c['n']} samples)")
     lines += ["", "Per task (ROUGE-1 / fuzzy match):", "", "| task | " + " | ".join(names) + " |",
               "|---|" + "---|" * len(names)]
     for task in sorted({t for n in names for t in report[n]["per_task"]}):
@@ -228,7 +246,10 @@ def run(cfg: EvaluateConfig) -> dict:
 
     if not Path(cfg.test).is_file():
         raise ConfigError(f"--test {cfg.test}: no such file")
-    rows = list(read_jsonl(cfg.test, required=("id", "messages")))[: cfg.limit]
+    try:
+        rows = load_eval_set(cfg.test)[: cfg.limit]
+    except ValueError as exc:
+        raise ConfigError(f"--test: {exc}") from None
     if not rows:
         raise ConfigError(f"--test {cfg.test}: no test rows")
     pairs = [prompt_and_reference(r) for r in rows]
@@ -245,7 +266,9 @@ def run(cfg: EvaluateConfig) -> dict:
             raise ConfigError(f"--models: no such model dir(s) {missing} (give a model dir or a hub id org/name)")
     report: dict = {}
     samples: dict[str, dict] = {}
+    grounding_samples: dict[str, dict] = {}
     predictions: dict[str, list[str]] = {}
+    logs = ["\n".join(m["content"] for m in p) for p in prompts]  # what each answer may quote
     with stage_run("evaluate", cfg.model_dump()) as tracker:
         for name, src in models.items():
             preds = generate_endpoint(src, prompts, cfg) if cfg.endpoint else generate_local(src, prompts, cfg)
@@ -263,6 +286,8 @@ def run(cfg: EvaluateConfig) -> dict:
             entry["per_task"] = {t: {"n": len(ix), **{m: float(v) for m, v in
                                                        aggregate(samples[name], np.array(ix)).items()}}
                                  for t, ix in sorted(by_task.items())}
+            grounding_samples[name] = grounding.per_sample(preds, refs, logs)
+            entry["grounding"] = grounding.summarize(grounding_samples[name], cfg.n_boot, cfg.seed)
             entry["source"] = f"{cfg.endpoint} {src}" if cfg.endpoint else src
             if not cfg.endpoint:
                 from loganalyzer.hardware import inference_dtype
@@ -270,9 +295,13 @@ def run(cfg: EvaluateConfig) -> dict:
                 entry["dtype"] = inference_dtype()
             report[name] = entry
             tracker.log_metrics({f"{name}.{m}": entry[m] for m in METRICS})
+            tracker.log_metrics({f"{name}.{m}": entry["grounding"][m] for m in grounding.GROUNDING_METRICS
+                                 if entry["grounding"][m] is not None})
             log.info("%s: %s", name, {m: round(entry[m], 4) for m in METRICS})
         if "cpt_sft" in samples and "sft" in samples:
             report["cpt_sft"]["vs_sft"] = paired_bootstrap(samples["sft"], samples["cpt_sft"], cfg.n_boot, cfg.seed)
+            report["cpt_sft"]["vs_sft_grounding"] = grounding.paired(grounding_samples["sft"],
+                                                                     grounding_samples["cpt_sft"], cfg.n_boot, cfg.seed)
         (out / "report.json").write_text(json.dumps(report, indent=2))
         shown = example(rows, predictions)
         (out / "report.md").write_text(markdown_report(report, shown))

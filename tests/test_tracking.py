@@ -81,3 +81,23 @@ def test_only_rank_zero_logs(monkeypatch):
     monkeypatch.setenv("RANK", "3")
     assert not tracking.enabled()
     assert not os.path.exists("unused.db")
+
+
+def test_a_training_stage_run_records_system_metrics(mlflow_server, monkeypatch):
+    """Training runs sample CPU and memory (and GPU, with nvidia-ml-py) into MLflow while they are open."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "test-system-metrics")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    monkeypatch.delenv(tracking.PARENT_ENV, raising=False)
+    with tracking.stage_run("train-sft", {"mode": "sft"}, system_metrics=True):
+        run_id = mlflow.active_run().info.run_id
+        time.sleep(3.5)
+    with tracking.stage_run("chunk", {}):
+        plain = mlflow.active_run().info.run_id
+    client = mlflow.tracking.MlflowClient()
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["system/cpu_utilization_percentage"] >= 0 and metrics["system/system_memory_usage_megabytes"] > 0
+    assert len(client.get_metric_history(run_id, "system/cpu_utilization_percentage")) >= 2
+    assert not [m for m in client.get_run(plain).data.metrics if m.startswith("system/")]

@@ -95,8 +95,12 @@ class Tracker:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: dict[str, Any] | None = None) -> Iterator[Tracker]:
-    """A nested run named ``stage`` under ``$LOGANALYZER_PARENT_RUN_ID`` (or a top-level run without it)."""
+def stage_run(stage: str, params: dict[str, Any] | None = None, system_metrics: bool = False) -> Iterator[Tracker]:
+    """A nested run named ``stage`` under ``$LOGANALYZER_PARENT_RUN_ID`` (or a top-level run without it).
+
+    ``system_metrics``: MLflow samples CPU, memory, disk, network and (with ``nvidia-ml-py``, in the train image)
+    GPU utilisation and memory into the run as ``system/*`` metrics while it is open, every
+    ``$MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds (MLflow's default 10)."""
     if not enabled():
         yield Tracker(False)
         return
@@ -106,7 +110,8 @@ def stage_run(stage: str, params: dict[str, Any] | None = None) -> Iterator[Trac
     parent = os.environ.get(PARENT_ENV)
     # A stage run carries its pipeline run's KFP run id (a tag of the parent), so either finds the other.
     inherited = {k: v for k, v in mlflow.get_run(parent).data.tags.items() if k == KFP_RUN_TAG} if parent else {}
-    with mlflow.start_run(run_name=stage, parent_run_id=parent or None, nested=bool(parent)):
+    with mlflow.start_run(run_name=stage, parent_run_id=parent or None, nested=bool(parent),
+                          log_system_metrics=system_metrics):
         tracker = Tracker(True)
         tracker.set_tags({"loganalyzer.stage": stage, **inherited})
         if params:

@@ -493,7 +493,7 @@ def run(cfg: TrainConfig) -> dict:
     cfg = effective(cfg)
     log.info("train %s: bf16=%s, weights %s, attention %s, liger %s", cfg.mode, cfg.bf16, cfg.model_dtype,
              cfg.attn_implementation, cfg.use_liger_kernel)
-    with stage_run(f"train-{cfg.mode}", cfg.model_dump()) as tracker:
+    with stage_run(f"train-{cfg.mode}", cfg.model_dump(), system_metrics=True) as tracker:
         trainer, tokenizer, original_template = build_trainer(cfg)
         result = trainer.train(resume_from_checkpoint=resume_checkpoint(cfg))
         out = save_final(trainer, tokenizer, original_template, cfg)

@@ -26,9 +26,9 @@ from pathlib import Path
 
 from pydantic import Field
 
-from loganalyzer.config import StageConfig, parse_config
+from loganalyzer.config import parse_config
 from loganalyzer.prompts import TEXT_TASKS, load_prompts
-from loganalyzer.redact import DEFAULT_PII, REDACT_MODE_HELP, PiiEntity, RedactMode
+from loganalyzer.redact import RedactionSettings
 
 log = logging.getLogger("loganalyzer.chat")
 
@@ -42,7 +42,7 @@ PROMPT_OVERHEAD_TOKENS = 512
 CHARS_PER_TOKEN = 3.0  # conservative estimate for log text when no tokenizer is available
 
 
-class ChatConfig(StageConfig):
+class ChatConfig(RedactionSettings):
     """Run the log-analysis chatbot (Streamlit) against an OpenAI-compatible endpoint."""
 
     endpoint: str = Field(default_factory=lambda: os.environ.get("LOGANALYZER_ENDPOINT", DEFAULT_ENDPOINT),
@@ -58,9 +58,6 @@ class ChatConfig(StageConfig):
                                            f"estimate {CHARS_PER_TOKEN} characters per token")
     max_log_mb: float = Field(20.0, gt=0, description="largest log accepted (MB, after decompression)")
     timeout_s: float = Field(120.0, gt=0, description="seconds per request before it counts as failed")
-    redact: RedactMode = Field("auto", description=REDACT_MODE_HELP + "; applies to the log and the questions")
-    pii_entities: list[PiiEntity] = Field(list(DEFAULT_PII), description="personal data pseudonymised when "
-                                                                         "redacting (secrets always go)")
 
 
 class ChatError(RuntimeError):

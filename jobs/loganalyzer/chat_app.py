@@ -12,9 +12,7 @@ import streamlit as st
 
 from loganalyzer.chat import BUTTONS, Chat, ChatConfig, ChatError, read_log
 from loganalyzer.config import parse_config
-
-REDACT_HELP = ("redact=auto (default) redacts whenever the endpoint is not on loopback; start the app with "
-               "redact=on or redact=off to force it.")
+from loganalyzer.redact import REDACT_MODE_HELP
 
 st.set_page_config(page_title="loganalyzer", page_icon=":mag:", layout="wide")
 
@@ -47,7 +45,8 @@ with st.sidebar:
     chat = _chat(cfg, api_key)
     st.caption("Redaction: " + ("on: secrets are removed and IPs, e-mails and card numbers pseudonymised before "
                                 "anything is sent" if chat.redacting else
-                                f"off ({cfg.redact}): the log is sent as it is"), help=REDACT_HELP)
+                                f"off ({cfg.redact}): the log is sent as it is"),
+               help=REDACT_MODE_HELP + " (set redact=on or redact=off when starting the app)")
     if st.button("New Chat", key="new_chat", use_container_width=True):
         chat.new_chat()
         st.session_state.pop("pasted", None)

@@ -17,38 +17,30 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import orjson
+from loganalyzer.io import read_jsonl
 
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
 def _records(path: Path) -> list:
-    raw = path.read_bytes()
-    if raw.lstrip()[:1] == b"[":
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
-        return data
-    out = []
-    for n, line in enumerate(raw.splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(orjson.loads(line))
-            except orjson.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: invalid JSON ({exc})") from None
-    return out
+    """A JSON array, or JSON Lines (``io.read_jsonl``: one object per line, errors naming ``path:line``)."""
+    if path.read_bytes().lstrip()[:1] != b"[":
+        return list(read_jsonl(path))
+    try:
+        return json.loads(path.read_bytes())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
-def _row(rec, where: str, n: int) -> dict:
+def _messages(rec, where: str) -> list[dict]:
+    """The chat messages of one record in any of the accepted formats."""
     if not isinstance(rec, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
     if "messages" in rec:
         msgs = rec["messages"]
         if not (isinstance(msgs, list) and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in msgs)):
             raise ValueError(f"{where}: 'messages' must be a list of {{role, content}}")
-        return {"id": rec.get("id", f"row-{n}"), "task": rec.get("task") or "all", "system": rec.get("system") or "",
-                "messages": msgs}
+        return msgs
     if "conversations" in rec:
         turns = rec["conversations"]
         msgs = []
@@ -59,15 +51,13 @@ def _row(rec, where: str, n: int) -> dict:
             msgs.append({"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]})
         if not msgs:
             raise ValueError(f"{where}: 'conversations' is empty or not a list")
-        return {"id": rec.get("id", f"row-{n}"), "task": rec.get("task") or "all", "system": rec.get("system") or "",
-                "messages": msgs}
+        return msgs
     if "instruction" in rec or "output" in rec:
         missing = [k for k in ("instruction", "output") if not isinstance(rec.get(k), str)]
         if missing:
             raise ValueError(f"{where}: Alpaca record without a string {missing[0]!r}")
         user = rec["instruction"] + (f"\n\n{rec['input']}" if rec.get("input") else "")
-        return {"id": rec.get("id", f"row-{n}"), "task": rec.get("task") or "all", "system": rec.get("system") or "",
-                "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": rec["output"]}]}
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": rec["output"]}]
     raise ValueError(f"{where}: not a test record: expected 'messages' (ours), 'conversations' (ShareGPT) or "
                      f"'instruction'/'output' (Alpaca); keys: {sorted(rec)}")
 
@@ -82,10 +72,11 @@ def load_eval_set(path: str | Path) -> list[dict]:
     rows = []
     for n, rec in enumerate(data):
         where = f"{path} record {n}"
-        row = _row(rec, where, n)
-        if not any(m["role"] == "assistant" for m in row["messages"]):
+        messages = _messages(rec, where)
+        if not any(m["role"] == "assistant" for m in messages):
             raise ValueError(f"{where}: no assistant turn to use as the reference")
-        rows.append(row)
+        rows.append({"id": rec.get("id", f"row-{n}"), "task": rec.get("task") or "all",
+                     "system": rec.get("system") or "", "messages": messages})
     ids = [r["id"] for r in rows]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{path}: duplicate record ids")

@@ -34,16 +34,16 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from loganalyzer import grounding
-from loganalyzer.config import ConfigError, StageConfig, parse_config
+from loganalyzer.config import ConfigError, parse_config
 from loganalyzer.eval_sets import load_eval_set
 from loganalyzer.io import JsonlWriter
 from loganalyzer.metrics import METRICS, aggregate, paired_bootstrap, per_sample, score
-from loganalyzer.redact import DEFAULT_PII, REDACT_MODE_HELP, PiiEntity, RedactMode
+from loganalyzer.redact import RedactionSettings
 
 log = logging.getLogger("loganalyzer.evaluate")
 
 
-class EvaluateConfig(StageConfig):
+class EvaluateConfig(RedactionSettings):
     """Generate answers for the test split with each model and compare them (six metrics, CIs, p-value)."""
 
     test: str = Field(description="test set: build-datasets' sft_test.jsonl, or a ShareGPT or Alpaca JSON/JSON "
@@ -58,9 +58,6 @@ class EvaluateConfig(StageConfig):
     n_boot: int = Field(1000, ge=10)
     seed: int = 1309
     metrics_backend: str = Field("auto", description="auto (evaluate's modules if they load), evaluate, builtin")
-    redact: RedactMode = Field("auto", description=REDACT_MODE_HELP + "; with --endpoint")
-    pii_entities: list[PiiEntity] = Field(list(DEFAULT_PII), description="personal data pseudonymised when "
-                                                                         "redacting (secrets always go)")
 
     @field_validator("models")
     @classmethod

@@ -480,9 +480,8 @@ class Redactor:
         """Presidio's findings in ``text`` without overlaps: secrets win over personal data, then longer spans;
         values the pseudonymizer keeps (loopback IPs, existing pseudonyms, ...) are left out, and all personal
         data when ``pii`` is false."""
-        secrets = len(secret_types())
         results = sorted(self.analyzer.analyze(text=text, language="en"),
-                         key=lambda r: (self._rank[r.entity_type] >= secrets, r.start - r.end,
+                         key=lambda r: (r.entity_type not in self._secrets, r.start - r.end,
                                         self._rank[r.entity_type], r.start))
         kept, taken = [], []
         for r in results:
@@ -550,6 +549,14 @@ def redaction_active(mode: RedactMode, endpoint: str, what: str) -> bool:
 
 
 # -- the stage ---------------------------------------------------------------------------------------------------
+class RedactionSettings(StageConfig):
+    """The redaction fields of every stage that sends logs to an endpoint (synthesize, evaluate, chat)."""
+
+    redact: RedactMode = Field("auto", description=REDACT_MODE_HELP)
+    pii_entities: list[PiiEntity] = Field(list(DEFAULT_PII), description="personal data pseudonymised when "
+                                                                         "redacting (secrets always go)")
+
+
 class RedactConfig(StageConfig):
     """Remove secrets and pseudonymise personal data in chunks (Presidio), before they go to a teacher."""
 

@@ -42,17 +42,17 @@ from typing import Any, Literal
 import orjson
 from pydantic import Field, field_validator
 
-from loganalyzer.config import ConfigError, StageConfig, parse_config
+from loganalyzer.config import ConfigError, parse_config
 from loganalyzer.io import JsonlWriter, read_jsonl
 from loganalyzer.prompts import ALL_TASKS, load_prompts
-from loganalyzer.redact import DEFAULT_PII, REDACT_MODE_HELP, PiiEntity, RedactMode
+from loganalyzer.redact import RedactionSettings
 
 log = logging.getLogger("loganalyzer.synthesize")
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
-class SynthesizeConfig(StageConfig):
+class SynthesizeConfig(RedactionSettings):
     """Generate summary / root-cause / patterns / halves / conversation / NLPLog Q&A data with a teacher LLM."""
 
     chunks: str = Field(description="chunks JSON Lines from `loganalyzer chunk`")
@@ -73,9 +73,6 @@ class SynthesizeConfig(StageConfig):
     nlplog_items: int = Field(3, ge=1, description="NLPLog Q&A records asked per chunk")
     json_mode: bool = Field(False, description="send response_format=json_object for JSON tasks")
     limit: int | None = Field(None, ge=1, description="only the first N chunks")
-    redact: RedactMode = Field("auto", description=REDACT_MODE_HELP)
-    pii_entities: list[PiiEntity] = Field(list(DEFAULT_PII), description="personal data pseudonymised when "
-                                                                         "redacting (secrets always go)")
 
     @field_validator("tasks", mode="before")
     @classmethod

@@ -13,6 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = sorted((ROOT / "images").glob("*/Dockerfile"))
 SECRET_NAMES = re.compile(r"(KEY|TOKEN|PASSWORD|SECRET|CREDENTIAL)", re.I)
+PINNED = {line.split("==")[0].strip().lower() for line in (ROOT / "constraints.txt").read_text().splitlines()
+          if "==" in line and not line.startswith("#")}
 
 
 def instructions(path: Path) -> list[tuple[str, str]]:
@@ -63,6 +65,11 @@ def test_dockerfile(dockerfile):
             for install in re.findall(r"pip install[^&]*", rest):
                 if "torch==" not in install and "flash" not in install.lower():
                     assert "-c constraints.txt" in install, f"unpinned install: {install}"
+                    # every package named besides the project itself is pinned in constraints.txt
+                    named = [a for a in install.split()[2:] if not a.startswith(("-", '"', "'", "."))
+                             and a != "constraints.txt"]
+                    unpinned = [a for a in named if re.split(r"[<>=\[]", a)[0].lower() not in PINNED]
+                    assert not unpinned, f"{dockerfile.parent.name}: {unpinned} not pinned in constraints.txt"
         if op == "COPY" and "--from" not in rest:
             for src in rest.split()[:-1]:
                 assert (ROOT / src).exists(), f"COPY source {src} missing"

@@ -1,8 +1,12 @@
 """The loganalyzer DAG, written once with the KFP v2 DSL, built for two targets.
 
-    paths -> chunk ─┬─> synthesize ─┬─> build-datasets -> cpt -> sft(cpt) ┐
-                    └─> base-model ─┘                 └──> sft(base) ────┴-> evaluate -> finish
-                                                                           (cluster: └-> deploy)
+    paths -> chunk -> redact ─┬─> synthesize ─┬─> build-datasets -> cpt -> sft(cpt) x N ┐
+                              └─> base-model ─┘                 └──> sft(base) x N ────┴-> evaluate -> finish
+                                                                                  (cluster: └-> deploy)
+
+``replicates: N`` trains both SFTs once per seed (``seed``, ``seed + 1``, ...; a ``ParallelFor``) and evaluate
+reports mean ± sd over seeds and whether cpt_sft vs sft is beyond seed noise (``loganalyzer.replicates``).
+``judge_endpoint`` + ``judge_model`` add the LLM judge (``loganalyzer.judge``).
 
 ``build("local")``: training runs in the task's own process; ``make demo`` runs it with kfp's local runner
 (``loganalyzer demo``). ``build("cluster")``: CPT and SFT are PyTorchJobs launched and watched by
@@ -41,6 +45,7 @@ DATA_ROOT, MODELS_ROOT = "/data", "/models"
 MLFLOW_SECRET = ("loganalyzer-mlflow", {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
                                         "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"})
 TEACHER_SECRET = ("loganalyzer-teacher", {"OPENAI_API_KEY": "OPENAI_API_KEY"})
+JUDGE_SECRET = ("loganalyzer-judge", {"OPENAI_API_KEY": "OPENAI_API_KEY"})  # the LLM judge's key, if it needs one
 HF_SECRET = ("loganalyzer-hf", {"HF_TOKEN": "HF_TOKEN"})
 UID = 1000
 TARGETS = ("local", "cluster")
@@ -117,54 +122,76 @@ def build_datasets(chunks: str, synth: str, run_dir: str, tokenizer: str, nlplog
 
 
 @component(base_image=JOBS_IMAGE)
-def train(recipe: str, model: str, train_file: str, eval_file: str, output_dir: str, overrides: dict,
-          tracking_uri: str, experiment: str, parent_run_id: str) -> str:
+def replicate_runs(name: str, model: str, datasets: str, models_dir: str, job_prefix: str, seed: int,
+                   replicates: int, parent_run_id: str) -> list:
+    from loganalyzer import steps
+
+    return steps.replicate_runs(name=name, model=model, datasets=datasets, models_dir=models_dir,
+                                job_prefix=job_prefix, seed=seed, replicates=replicates, parent_run_id=parent_run_id)
+
+
+@component(base_image=JOBS_IMAGE)
+def train(recipe: str, model: str, train_file: str, eval_file: str, output_dir: str, overrides: dict, seed: int,
+          register_as: str, tracking_uri: str, experiment: str, parent_run_id: str) -> str:
     from loganalyzer import steps
 
     steps.use_tracking(tracking_uri, experiment, parent_run_id)
-    return steps.train(recipe, model, train_file, eval_file, output_dir, overrides)
+    return steps.train(recipe, model, train_file, eval_file, output_dir, overrides, seed, register_as=register_as)
 
 
 @component(base_image=JOBS_IMAGE)
 def launch_training(name: str, recipe: str, model: str, train_file: str, eval_file: str, output_dir: str,
-                    overrides: dict, image: str, nodes: int, nproc_per_node: int, namespace: str, engine: str,
-                    tracking_uri: str, experiment: str, parent_run_id: str) -> str:
+                    overrides: dict, seed: int, image: str, nodes: int, nproc_per_node: int, namespace: str,
+                    engine: str, register_as: str, models_pvc: str, models_root: str, tracking_uri: str,
+                    experiment: str, parent_run_id: str) -> str:
     from loganalyzer import steps
 
     steps.use_tracking(tracking_uri, experiment, parent_run_id)
-    return steps.launch_training(name, recipe, model, train_file, eval_file, output_dir, overrides, image, nodes,
-                                 nproc_per_node, namespace, engine)
+    return steps.launch_training(name, recipe, model, train_file, eval_file, output_dir, overrides, seed, image,
+                                 nodes, nproc_per_node, namespace, engine, register_as=register_as,
+                                 models_pvc=models_pvc, models_root=models_root)
 
 
 @component(base_image=TRAIN_IMAGE)
-def evaluate(test: str, base: str, sft: str, cpt_sft: str, run_dir: str, max_new_tokens: int, limit: int,
-             tracking_uri: str, experiment: str, parent_run_id: str, metrics: Output[Metrics],
-             report_md: Output[Markdown], report_html: Output[HTML]) -> str:
+def evaluate(test: str, base: str, sft: list, cpt_sft: list, sft_runs: list, cpt_sft_runs: list, run_dir: str,
+             max_new_tokens: int, limit: int, judge_endpoint: str, judge_model: str, tracking_uri: str,
+             experiment: str, parent_run_id: str, metrics: Output[Metrics], report_md: Output[Markdown],
+             report_html: Output[HTML]) -> str:
     import shutil
 
     from loganalyzer import steps
     from loganalyzer.grounding import GROUNDING_METRICS
+    from loganalyzer.judge import CRITERIA
     from loganalyzer.metrics import METRICS
 
     steps.use_tracking(tracking_uri, experiment, parent_run_id)
-    report = steps.evaluate(test, {"base": base, "sft": sft, "cpt_sft": cpt_sft}, run_dir, max_new_tokens, limit)
+    models = {"base": [base], "sft": steps.in_seed_order(sft, sft_runs),
+              "cpt_sft": steps.in_seed_order(cpt_sft, cpt_sft_runs)}
+    report = steps.evaluate(test, models, run_dir, max_new_tokens, limit, judge_endpoint=judge_endpoint,
+                            judge_model=judge_model)
     for name in ("base", "sft", "cpt_sft"):  # KFP run comparison shows these side by side
-        for m in METRICS:
-            metrics.log_metric(f"{name}_{m}", round(report[name][m], 4))
+        entry = report[name]
+        for m in METRICS:  # with replicates: the mean over seeds (grounding and judge: the pipeline seed's model)
+            metrics.log_metric(f"{name}_{m}", round(entry["replicates"][m]["mean"] if "replicates" in entry
+                                                    else entry[m], 4))
         for m in GROUNDING_METRICS:  # None: no answer stated a checkable detail
-            if report[name]["grounding"][m] is not None:
-                metrics.log_metric(f"{name}_{m}", round(report[name]["grounding"][m], 4))
+            if entry["grounding"][m] is not None:
+                metrics.log_metric(f"{name}_{m}", round(entry["grounding"][m], 4))
+        for c in CRITERIA:  # None: no judge, or it judged none of the answers
+            if entry.get("judge", {}).get(c) is not None:
+                metrics.log_metric(f"{name}_judge_{c}", round(entry["judge"][c], 3))
     shutil.copy(f"{run_dir}/eval/report.md", report_md.path)  # table: the run's Visualizations tab
     shutil.copy(f"{run_dir}/eval/report.html", report_html.path)  # table + chart
     return f"{run_dir}/eval/report.json"
 
 
 @component(base_image=JOBS_IMAGE)
-def deploy(name: str, model_dir: str, models_pvc: str, models_root: str, namespace: str, serve_lora: bool,
+def deploy(name: str, replicates: list, models_pvc: str, models_root: str, namespace: str, serve_lora: bool,
            lora_base_dir: str, deployment_mode: str) -> str:
     from loganalyzer import steps
 
     steps.use_tracking("", "", "")
+    model_dir = replicates[0]["output_dir"]  # the first replicate (seed = the pipeline's seed)
     url = steps.deploy(name, model_dir, models_pvc, models_root, namespace, lora_base_dir if serve_lora else "",
                        deployment_mode=deployment_mode)
     print(f"inference URL: {url}")  # also the task's output, shown in the run's UI
@@ -233,6 +260,9 @@ def build(target: str = "local"):
         serve_deployment_mode: str = "Standard",
         eval_max_new_tokens: int = 512,
         eval_limit: int = 0,
+        judge_endpoint: str = "",
+        judge_model: str = "",
+        replicates: int = 1,
         seed: int = 1309,
         tracking_uri: str = "http://loganalyzer-mlflow:5000" if cluster else "",
         experiment: str = "loganalyzer",
@@ -265,31 +295,47 @@ def build(target: str = "local"):
                                    test_size=test_size, max_seq_length=max_seq_length, parent_run_id=pid,
                                    **track), secrets=[HF_SECRET])
 
-        def trainer(name, recipe, model, train_file, eval_file, overrides, nodes, nproc, engine="pytorchjob"):
+        def trainer(name, job, output_dir, seed, recipe, model, train_file, eval_file, overrides, nodes, nproc,
+                    engine="pytorchjob", parent_run_id=pid):
+            # every trained model is a version of loganalyzer-<name> in the MLflow Model Registry
             common = dict(recipe=recipe, model=model, train_file=train_file, eval_file=eval_file,
-                          output_dir=f"{mdir}/{name.replace('-', '_')}", overrides=overrides, parent_run_id=pid,
-                          **track)
+                          output_dir=output_dir, overrides=overrides, seed=seed, register_as=f"loganalyzer-{name}",
+                          parent_run_id=parent_run_id, **track)
             if cluster:
-                return task(launch_training(name=f"{prefix}-{name}", image=train_image, nodes=nodes,
-                                            nproc_per_node=nproc, namespace=namespace, engine=engine, **common),
-                            name)
+                return task(launch_training(name=job, image=train_image, nodes=nodes, nproc_per_node=nproc,
+                                            namespace=namespace, engine=engine, models_pvc=MODELS_PVC,
+                                            models_root=MODELS_ROOT, **common), name)
             return task(train(**common), name)
 
-        cpt = trainer("cpt", cpt_recipe, base.output, f"{data.output}/cpt_train.jsonl", "", cpt_overrides,
-                      cpt_nodes, cpt_nproc_per_node)
-        # SFT on PyTorchJobs, or (sft_engine="ray") KubeRay RayJobs with one single-GPU Ray worker per rank
-        sft_files = (f"{data.output}/sft_train.jsonl", f"{data.output}/sft_val.jsonl", sft_overrides, sft_nodes,
-                     sft_nproc_per_node, sft_engine)
-        cpt_sft = trainer("cpt-sft", sft_recipe, cpt.output, *sft_files)
-        sft = trainer("sft", sft_recipe, base.output, *sft_files)
-        report = task(evaluate(test=f"{data.output}/sft_test.jsonl", base=base.output, sft=sft.output,
-                               cpt_sft=cpt_sft.output, run_dir=rdir, max_new_tokens=eval_max_new_tokens,
-                               limit=eval_limit, parent_run_id=pid, **track), secrets=[HF_SECRET])
+        def replicated_sft(name: str, model):
+            """SFT once per replicate (seeds seed, seed+1, ...) on PyTorchJobs or (sft_engine="ray") KubeRay RayJobs.
+            Each loop item is a whole training run: kfp 2.17's local runner hands the loop item to every outer
+            task output a ParallelFor body reads (create_parameter_loop_iteration_task_spec), so the body reads
+            only its item and pipeline parameters."""
+            runs = task(replicate_runs(name=name, model=model, datasets=data.output, models_dir=mdir,
+                                       job_prefix=prefix, seed=seed, replicates=replicates, parent_run_id=pid))
+            with dsl.ParallelFor(runs.output) as run:
+                trained = trainer(name.replace("_", "-"), run.job, run.output_dir, run.seed, sft_recipe, run.model,
+                                  run.train_file, run.eval_file, sft_overrides, sft_nodes, sft_nproc_per_node,
+                                  sft_engine, parent_run_id=run.parent_run_id)
+            return runs, trained
+
+        cpt = trainer("cpt", f"{prefix}-cpt", f"{mdir}/cpt", seed, cpt_recipe, base.output,
+                      f"{data.output}/cpt_train.jsonl", "", cpt_overrides, cpt_nodes, cpt_nproc_per_node)
+        cpt_sft_runs, cpt_sft = replicated_sft("cpt_sft", cpt.output)
+        sft_runs, sft = replicated_sft("sft", base.output)
+        report = task(evaluate(test=f"{data.output}/sft_test.jsonl", base=base.output,
+                               sft=dsl.Collected(sft.output), cpt_sft=dsl.Collected(cpt_sft.output),
+                               sft_runs=sft_runs.output, cpt_sft_runs=cpt_sft_runs.output, run_dir=rdir,
+                               max_new_tokens=eval_max_new_tokens, limit=eval_limit, judge_endpoint=judge_endpoint,
+                               judge_model=judge_model, parent_run_id=pid, **track),
+                      secrets=[HF_SECRET, JUDGE_SECRET])
         task(finish(parent_run_id=pid, report_file=report.outputs["Output"], **track))
         if cluster:
             report.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
             # the merged cpt_sft model, or (serve_lora) its adapter on top of the CPT model it was trained from
-            task(deploy(name=serve_name, model_dir=cpt_sft.output, models_pvc=MODELS_PVC, models_root=MODELS_ROOT,
+            task(deploy(name=serve_name, replicates=cpt_sft_runs.output, models_pvc=MODELS_PVC,
+                        models_root=MODELS_ROOT,
                         namespace=namespace, serve_lora=serve_lora, lora_base_dir=cpt.output,
                         deployment_mode=serve_deployment_mode).after(report))
 

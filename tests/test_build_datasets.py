@@ -4,6 +4,7 @@ import pytest
 from conftest import LOGHUB, loghub_file
 
 from loganalyzer.build_datasets import BuildDatasetsConfig, loghub_template_qa, run, split_chunks
+from loganalyzer.config import ConfigError
 from loganalyzer.io import read_jsonl
 from loganalyzer.prompts import load_prompts
 
@@ -16,7 +17,7 @@ def test_split_is_by_chunk_seeded_and_stratified():
     test = [c for c, s in split.items() if s == "test"]
     assert len(test) == 9 and {systems[c] for c in test} == {"A", "B", "C"}
     assert sum(s == "val" for s in split.values()) == 6
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError):
         split_chunks(systems, val_size=30, test_size=30, seed=1)
 
 
@@ -65,10 +66,9 @@ def test_nlplog_files_and_rejects(tmp_path, tiny_env):
     cpt = list(read_jsonl(tmp_path / "o" / "cpt_train.jsonl"))
     assert cpt[0]["text"] == "Human: What is X?\nAssistant: X is x.\n"
     (tmp_path / "bad.json").write_text("[{")
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(ConfigError, match="bad.json"):
         run(BuildDatasetsConfig(chunks=str(tiny_env["chunks"]), out=str(tmp_path / "o2"),
                                 nlplog=[str(tmp_path / "bad.json")]))
-    assert e.value.code == 2
 
 
 def test_seed_nlplog_schema_example_is_accepted(tmp_path, shared_data, tiny_env):

@@ -119,15 +119,17 @@ def test_line_split_across_blocks_is_reassembled(tmp_path, monkeypatch):
 
 
 def test_cli_usage_errors_exit_2(tmp_path, capsys):
+    from loganalyzer.cli import entry
+
     with pytest.raises(SystemExit) as e:
-        main(["--logs", str(tmp_path / "missing.log"), "--out", str(tmp_path / "o.jsonl")])
+        entry(main, ["--logs", str(tmp_path / "missing.log"), "--out", str(tmp_path / "o.jsonl")])
     assert e.value.code == 2
     assert "no such file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        main(["--logs", "x", "--out", "y", "--min-lines", "200"])
+        entry(main, ["--logs", "x", "--out", "y", "--min-lines", "200"])
     assert e.value.code == 2
     with pytest.raises(SystemExit) as e:
-        main(["--logs", "x", "--out", "y", "bogus_key=1"])
+        entry(main, ["--logs", "x", "--out", "y", "bogus_key=1"])
     assert e.value.code == 2
     assert "unknown key" in capsys.readouterr().err
 

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import Field
 
-from loganalyzer.config import StageConfig, parse_config
+from loganalyzer.config import ConfigError, StageConfig, parse_config
 
 
 class Cfg(StageConfig):
@@ -41,21 +41,32 @@ def test_yes_no_on_off_are_words_unless_the_field_is_a_bool(monkeypatch):
     ([], {}, "name"),
     (["--name", "n", "nonsense"], {}, "not key=value"),
 ])
-def test_bad_config_exits_2_with_a_message(argv, env, message, monkeypatch, capsys):
+def test_bad_config_is_a_config_error_and_exit_2_on_the_command_line(argv, env, message, monkeypatch, capsys):
+    from loganalyzer.cli import entry
+
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(ConfigError, match=message):
         parse_config(Cfg, "t", argv)
+    with pytest.raises(SystemExit) as e:
+        entry(lambda a: parse_config(Cfg, "t", a), argv)
     assert e.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
 
 
-def test_unknown_yaml_key_is_an_error(tmp_path, capsys):
+def test_unknown_yaml_key_is_an_error(tmp_path):
     y = tmp_path / "c.yaml"
     y.write_text("name: x\nlearning_rat: 1\n")
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="learning_rat"):
         parse_config(Cfg, "t", ["--config", str(y)])
-    assert "learning_rat" in capsys.readouterr().err
+
+
+def test_config_error_is_an_ordinary_exception():
+    """KFP steps and Ray workers catch it like any other error: it is no SystemExit and prints nothing."""
+    with pytest.raises(Exception) as e:  # noqa: PT011  the point is that `except Exception` sees it
+        raise ConfigError("bad value")
+    assert not isinstance(e.value, SystemExit) and str(e.value) == "bad value"
 
 
 def test_cli_dispatch_and_unknown_command(capsys):
@@ -70,7 +81,7 @@ def test_cli_dispatch_and_unknown_command(capsys):
     assert "build-datasets" in capsys.readouterr().out
 
 
-def test_config_by_recipe_name_and_search_path(tmp_path, monkeypatch, capsys):
+def test_config_by_recipe_name_and_search_path(tmp_path, monkeypatch):
     """--config takes a recipe name; LOGANALYZER_CONFIGS_DIR is a search path (ConfigMap first, image copy next)."""
     first, second = tmp_path / "cm", tmp_path / "image"
     for d, size in ((first, 1), (second, 2)):
@@ -80,6 +91,14 @@ def test_config_by_recipe_name_and_search_path(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LOGANALYZER_CONFIGS_DIR", f"{first}:{second}")
     assert parse_config(Cfg, "t", ["--config", "r"]).name == "cm"
     assert parse_config(Cfg, "t", ["--config", "only_here.yaml"]).name == "img"
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match=f"{first}, {second}"):
         parse_config(Cfg, "t", ["--config", "missing"])
-    assert f"{first}, {second}" in capsys.readouterr().err
+
+
+def test_a_repeated_list_flag_adds_to_the_list():
+    from loganalyzer.evaluate import EvaluateConfig
+
+    cfg = parse_config(EvaluateConfig, "evaluate", ["--test", "t.jsonl", "--out", "o", "--models", "base=a",
+                                                    "sft=b", "--models", "sft=c", "--eval-set", "x.jsonl",
+                                                    "--eval-set", "y=z.json"])
+    assert cfg.models == ["base=a", "sft=b", "sft=c"] and cfg.eval_set == ["x=x.jsonl", "y=z.json"]

@@ -1,7 +1,9 @@
 import json
 
+import numpy as np
 import pytest
 
+from loganalyzer.config import ConfigError
 from loganalyzer.evaluate import EvaluateConfig, prompt_and_reference, run
 from loganalyzer.metrics import METRICS
 from loganalyzer.testing.fake_openai import FakeOpenAI
@@ -46,16 +48,16 @@ def test_in_process_generation_is_greedy_and_deterministic(tiny_env, tmp_path):
                max_new_tokens=8, limit=3, n_boot=20, batch_size=2)
     a = run(EvaluateConfig(out=str(tmp_path / "a"), **cfg))
     b = run(EvaluateConfig(out=str(tmp_path / "b"), **cfg))
+    assert a["base"].pop("generate_s_per_100") > 0 and b["base"].pop("generate_s_per_100") > 0  # timings
     assert a == b
     pred_a, pred_b = (tmp_path / d / "predictions_base.jsonl" for d in "ab")
     assert pred_a.read_text() == pred_b.read_text()
 
 
 def test_missing_model_dir_is_a_usage_error(tiny_env, tmp_path):
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(ConfigError, match="no such model dir"):
         run(EvaluateConfig(test=str(tiny_env["datasets"] / "sft_test.jsonl"), models=["base=/nope"],
                            out=str(tmp_path)))
-    assert e.value.code == 2
 
 
 def test_endpoint_prompts_and_references_are_redacted_alike(tmp_path):
@@ -115,3 +117,94 @@ def test_evaluate_on_the_seeds_sharegpt_test_file(tmp_path, shared_data):
                                     endpoint=srv.base_url, models=["m=fake"], out=str(tmp_path / "e"), n_boot=20))
     assert report["m"]["n"] == 6 and set(report["m"]["per_task"]) == {"all"}
     assert len(srv.bodies) == 6 and srv.bodies[0]["messages"][0]["content"].startswith("You are analyzing log")
+
+
+def test_each_eval_set_gets_its_own_section(tmp_path, shared_data):
+    """--eval-set FILE and NAME=FILE: the seed's ShareGPT file and an Alpaca file beside the test split, one
+    section each in report.json and report.md, the files under eval_sets/NAME/; the top level is unchanged."""
+    alpaca = tmp_path / "alpaca.jsonl"
+    alpaca.write_text("".join(json.dumps({"instruction": f"Any errors in run {i}?", "input": "a\nb", "output": "No."})
+                              + "\n" for i in range(3)))
+    ours = tmp_path / "test.jsonl"
+    ours.write_text(json.dumps({"id": "c1/summarize", "task": "summarize", "messages": [
+        {"role": "user", "content": "Summarize.\n\nLog content:\n\nx"}, {"role": "assistant", "content": "a"}]}) + "\n")
+    out = tmp_path / "e"
+    with FakeOpenAI() as srv:
+        report = run(EvaluateConfig(test=str(ours), endpoint=srv.base_url, models=["sft=a", "cpt_sft=b"], out=str(out),
+                                    n_boot=20, limit=4, eval_set=[str(alpaca), "seed=" + str(
+                                        shared_data / "fpt_json_analysis" / "test_json.json")]))
+    assert len(srv.bodies) == 2 * (1 + 3 + 4)
+    assert report["sft"]["n"] == 1 and set(report["sft"]["eval_sets"]) == {"alpaca", "seed"}
+    seed = report["sft"]["eval_sets"]["seed"]
+    assert seed["n"] == 4 and seed["file"].endswith("test_json.json") and "grounding" in seed
+    assert report["cpt_sft"]["eval_sets"]["alpaca"]["vs_sft"]["rouge1"]["p_value"] == 1.0
+    assert report["cpt_sft"]["eval_sets"]["alpaca"]["n"] == 3
+    assert len((out / "eval_sets" / "seed" / "predictions_cpt_sft.jsonl").read_text().splitlines()) == 4
+    md = (out / "report.md").read_text()
+    assert "## Eval set `alpaca`" in md and "## Eval set `seed`" in md and md.count("| model | n | fuzzy_match") == 3
+    for bad, why in [(["test=x.json"], "not 'test'"), (["a=x", "a=y"], "unique"), (["b c=x"], "letters")]:
+        with pytest.raises(ValueError, match=why):
+            EvaluateConfig(test=str(ours), models=["m=x"], out="o", eval_set=bad)
+    with pytest.raises(ConfigError) as e:
+        run(EvaluateConfig(test=str(ours), models=["m=x"], out=str(out), eval_set=[str(tmp_path / "nope.jsonl")]))
+    assert e.value.message == f"--eval-set {tmp_path / 'nope.jsonl'}: no such file"
+
+
+def test_replicates_give_mean_sd_and_a_verdict_against_seed_noise(tmp_path, monkeypatch):
+    """A repeated model name is another replicate (another seed). Hand-built answers: cpt_sft's replicates all
+    copy the reference, sft's replicates half of it, differently per seed: the difference is beyond seed noise;
+    two alike sets of replicates are within it."""
+    from loganalyzer.replicates import expand
+
+    refs = [f"host node-{i} failed to write block blk_{i} after {i} retries" for i in range(8)]
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps({"id": f"r{i}", "task": "summarize", "messages": [
+        {"role": "user", "content": f"Summarize.\n\nLog content:\n\n{r}"}, {"role": "assistant", "content": r}]})
+        + "\n" for i, r in enumerate(refs)))
+    answers = {"good": refs, "half1": [" ".join(r.split()[:5]) for r in refs],
+               "half2": [" ".join(r.split()[:4]) for r in refs], "half3": [" ".join(r.split()[:6]) for r in refs]}
+    dirs = {}
+    for name, preds in answers.items():  # each "model" answers from a file
+        (tmp_path / name).write_text(json.dumps(preds))
+        dirs[name] = str(tmp_path / name)
+
+    import loganalyzer.evaluate as ev
+
+    monkeypatch.setattr(ev, "generate_endpoint", lambda src, prompts, cfg: json.loads(open(src).read()))
+
+    def evaluate(models, out):
+        return run(EvaluateConfig(test=str(test), endpoint="http://127.0.0.1:9/v1", out=str(tmp_path / out),
+                                  n_boot=200, models=models))
+
+    report = evaluate([f"sft={dirs['half1']}", f"sft={dirs['half2']}", f"sft={dirs['half3']}",
+                       f"cpt_sft={dirs['good']}", f"cpt_sft={dirs['good']}", f"cpt_sft={dirs['good']}"], "a")
+    same = evaluate([f"sft={dirs['half1']}", f"sft={dirs['half2']}", f"sft={dirs['half3']}",
+                     f"cpt_sft={dirs['half2']}", f"cpt_sft={dirs['half3']}", f"cpt_sft={dirs['half1']}"], "b")
+    assert list(report) == ["sft", "cpt_sft"]  # later replicates fold into the first's entry
+    rep = report["sft"]["replicates"]
+    assert rep["n"] == 3 and rep["runs"] == ["sft", "sft_r2", "sft_r3"] and rep["sources"][1] == dirs["half2"]
+    vals = rep["fuzzy_match"]["values"]
+    assert vals[0] == report["sft"]["fuzzy_match"] and rep["fuzzy_match"]["mean"] == pytest.approx(sum(vals) / 3)
+    assert rep["fuzzy_match"]["sd"] == pytest.approx(float(np.std(vals, ddof=1)))
+    assert report["cpt_sft"]["replicates"]["rouge1"] == {"mean": 1.0, "sd": 0.0, "values": [1.0, 1.0, 1.0]}
+    verdict = report["cpt_sft"]["vs_sft_pooled"]["rouge1"]
+    assert verdict["distinguishable"] and verdict["delta"] > 0.3 and "beyond seed noise" in verdict["words"]
+    pooled = same["cpt_sft"]["vs_sft_pooled"]["rouge1"]
+    assert pooled["delta"] == pytest.approx(0) and not pooled["distinguishable"]
+    assert "within seed noise" in pooled["words"] and pooled["welch_p"] == pytest.approx(1.0)
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert "| sft | 3 |" in md and "- rouge1: cpt_sft - sft = +" in md
+    assert (tmp_path / "a" / "predictions_sft_r3.jsonl").is_file()
+    with pytest.raises(ValueError, match="'sft_r2' is both given"):
+        expand(["sft=a", "sft=b", "sft_r2=c"])
+
+
+def test_two_seeds_are_too_few_to_weigh_against_seed_noise():
+    from loganalyzer.replicates import seed_verdict
+
+    pooled = {"rouge1": {"delta": 0.3, "p_value": 0.001, "ci95": [0.2, 0.4]}}
+    two = seed_verdict(pooled, {"rouge1": {"values": [0.5, 0.52]}}, {"rouge1": {"values": [0.8, 0.83]}})["rouge1"]
+    assert two["distinguishable"] is None and "2 seeds are too few (replicates >= 3)" in two["words"]
+    three = seed_verdict(pooled, {"rouge1": {"values": [0.5, 0.52, 0.51]}},
+                         {"rouge1": {"values": [0.8, 0.83, 0.81]}})["rouge1"]
+    assert three["distinguishable"] is True and three["welch_p"] < 0.05 and "beyond seed noise" in three["words"]

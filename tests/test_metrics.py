@@ -61,6 +61,25 @@ def test_bootstrap_ci_contains_point_and_paired_p_value():
     assert same["fuzzy_match"]["p_value"] == 1.0
 
 
+def test_pooled_paired_bootstrap_over_replicates():
+    """Two replicates per system: the delta is the pooled one (hand-checked: mean fuzzy match over all 2 x n
+    answers), one replicate is exactly paired_bootstrap, and a replicate count mismatch is refused."""
+    from loganalyzer.metrics import paired_bootstrap_pooled
+
+    refs = ["a b c d", "e f g h", "i j k l"]
+    a1, a2 = per_sample(["a b c d", "x", "i j"], refs), per_sample(["a b", "e f g h", "x"], refs)
+    b1, b2 = per_sample(refs, refs), per_sample(["a b c d", "e f g h", "x"], refs)
+    pooled = paired_bootstrap_pooled([a1, a2], [b1, b2], n_boot=200)
+    hand = (np.concatenate([b1["fuzzy_match"], b2["fuzzy_match"]]).mean()
+            - np.concatenate([a1["fuzzy_match"], a2["fuzzy_match"]]).mean())
+    assert pooled["fuzzy_match"]["delta"] == pytest.approx(hand) and pooled["fuzzy_match"]["delta"] > 0
+    lo, hi = pooled["fuzzy_match"]["ci95"]
+    assert lo <= pooled["fuzzy_match"]["delta"] <= hi
+    assert paired_bootstrap_pooled([a1], [b1], n_boot=200) == paired_bootstrap(a1, b1, n_boot=200)
+    with pytest.raises(ValueError, match="as many replicates"):
+        paired_bootstrap_pooled([a1, a2], [b1], n_boot=10)
+
+
 def test_score_cli_joins_by_id_and_rejects_mismatches(tmp_path, capsys):
     p, r = tmp_path / "p.jsonl", tmp_path / "r.jsonl"
     p.write_text('{"id": "2", "text": "x y z"}\n{"id": "1", "text": "a b c"}\n')
@@ -70,8 +89,10 @@ def test_score_cli_joins_by_id_and_rejects_mismatches(tmp_path, capsys):
     assert set(METRICS) <= set(out) and out["n"] == 2
     assert json.loads((tmp_path / "s.json").read_text())["rouge1"] == out["rouge1"]
     r.write_text('{"id": "1", "text": "a b c"}\n{"id": "3", "text": "x y"}\n')
+    from loganalyzer.cli import entry
+
     with pytest.raises(SystemExit) as e:
-        main(["--predictions", str(p), "--references", str(r)])
+        entry(main, ["--predictions", str(p), "--references", str(r)])
     assert e.value.code == 2
     assert "'3'" in capsys.readouterr().err
 

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from kube_helpers import kustomize, load_all, validate
 
+from loganalyzer.config import ConfigError
 from loganalyzer.pipeline import COMPILED, bundle, compile_pipeline, load_definition
 
 
@@ -40,7 +41,7 @@ def test_local_dag(definition, tmp_path):
     spec = _compile(definition.build("local"), tmp_path / "p.yaml")
     deps = _deps(spec)
     assert set(deps) == {"paths", "start", "chunk", "redact", "base-model", "synthesize", "build-datasets", "train",
-                         "train-2", "train-3", "evaluate", "finish"}
+                         "replicate-runs", "replicate-runs-2", "for-loop-1", "for-loop-2", "evaluate", "finish"}
     # the teacher gets the redacted chunks, and so does everything after it (an answer describes the log it saw)
     assert "chunk" in deps["redact"] and {"redact"} == deps["synthesize"] - {"paths", "start"}
     assert "base-model" not in deps["synthesize"]  # teachers need no base model
@@ -49,14 +50,35 @@ def test_local_dag(definition, tmp_path):
     assert tasks["redact"]["inputs"]["parameters"]["mode"] == {"componentInputParameter": "redact_mode"}
     assert tasks["synthesize"]["inputs"]["parameters"]["redact"] == {"componentInputParameter": "redact_mode"}
     assert "build-datasets" in deps["train"]  # CPT
-    assert "train" in deps["train-2"]  # SFT on the CPT model
-    assert "train" not in deps["train-3"] and "base-model" in deps["train-3"]  # SFT on the base model
-    assert {"train-2", "train-3", "base-model"} <= deps["evaluate"]
+    # each SFT once per replicate: a loop over replicate-runs' training runs (seed, model, files, dir, job name);
+    # the SFT on the base model does not wait for CPT; evaluate collects both
+    assert "train" in deps["replicate-runs"] and "train" not in deps["replicate-runs-2"]
+    assert deps["for-loop-1"] == {"replicate-runs"} and deps["for-loop-2"] == {"replicate-runs-2"}
+    assert {"for-loop-1", "for-loop-2", "base-model"} <= deps["evaluate"]
+    for loop_name, trained in (("for-loop-1", "cpt-sft"), ("for-loop-2", "sft")):
+        (inner,) = spec["components"][f"comp-{loop_name}"]["dag"]["tasks"].values()
+        assert inner["taskInfo"]["name"] == trained
+        for key in ("seed", "model", "output_dir", "train_file", "parent_run_id"):
+            assert inner["inputs"]["parameters"][key]["parameterExpressionSelector"] == \
+                f'parseJson(string_value)["{key}"]'
+        # kfp 2.17's local runner hands the loop item to any outer task output a loop body reads: none may
+        assert [k for k, v in tasks[loop_name]["inputs"]["parameters"].items() if "taskOutputParameter" in v] == \
+            [tasks[loop_name]["parameterIterator"]["items"]["inputParameter"]]
+        assert inner["inputs"]["parameters"]["register_as"] == {"runtimeValue": {"constant": f"loganalyzer-{trained}"}}
+    runs = {t["inputs"]["parameters"]["name"]["runtimeValue"]["constant"]: t["inputs"]["parameters"]["model"]
+            for n, t in tasks.items() if n.startswith("replicate-runs")}
+    assert runs == {"cpt_sft": {"taskOutputParameter": {"outputParameterKey": "Output", "producerTask": "train"}},
+                    "sft": {"taskOutputParameter": {"outputParameterKey": "Output", "producerTask": "base-model"}}}
+    evaluate = tasks["evaluate"]["inputs"]["parameters"]
+    assert {evaluate[k]["taskOutputParameter"]["producerTask"] for k in ("sft", "cpt_sft")} == \
+        {"for-loop-1", "for-loop-2"}
+    assert tasks["replicate-runs"]["inputs"]["parameters"]["replicates"] == {"componentInputParameter": "replicates"}
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert params["base_model_name"]["defaultValue"] == "meta-llama/Llama-3.1-8B-Instruct"
     assert (params["teacher"]["defaultValue"], params["chunk_min_lines"]["defaultValue"],
-            params["chunk_max_lines"]["defaultValue"], params["redact_mode"]["defaultValue"]) == \
-        ("auto", 50, 150, "auto")
+            params["chunk_max_lines"]["defaultValue"], params["redact_mode"]["defaultValue"],
+            params["replicates"]["defaultValue"], params["judge_endpoint"]["defaultValue"]) == \
+        ("auto", 50, 150, "auto", 1, "")
     outputs = spec["components"]["comp-evaluate"]["outputDefinitions"]["artifacts"]
     assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs.items()} == \
         {"metrics": "system.Metrics", "report_md": "system.Markdown", "report_html": "system.HTML"}
@@ -71,15 +93,21 @@ def test_cluster_dag(definition, tmp_path):
     spec, platform = yaml.safe_load_all(out.read_text())
     deps = _deps(spec)
     tasks = spec["root"]["dag"]["tasks"]
-    names = {n: t["taskInfo"]["name"] for n, t in tasks.items()}
+    loop = {k: v for n in (1, 2) for k, v in spec["components"][f"comp-for-loop-{n}"]["dag"]["tasks"].items()}
+    names = {n: t["taskInfo"]["name"] for n, t in (*tasks.items(), *loop.items())}
     assert {names[n] for n in ("launch-training", "launch-training-2", "launch-training-3")} == \
         {"cpt", "cpt-sft", "sft"}
     assert "train" not in deps
-    engines = {names[n]: tasks[n]["inputs"]["parameters"]["engine"] for n in names if n.startswith("launch-training")}
+    params = {n: t["inputs"]["parameters"] for n, t in (*tasks.items(), *loop.items())}
+    engines = {names[n]: params[n]["engine"] for n in names if n.startswith("launch-training")}
     assert engines["cpt"] == {"runtimeValue": {"constant": "pytorchjob"}}
-    assert engines["sft"] == engines["cpt-sft"] == {"componentInputParameter": "sft_engine"}
-    # serves the cpt_sft model (or its adapter on the CPT model), after evaluation, in the mode asked for
-    assert deps["deploy"] == {"evaluate", "launch-training", "launch-training-2"}
+    assert engines["sft"] == engines["cpt-sft"] == {"componentInputParameter": "pipelinechannel--sft_engine"}
+    jobs = {names[n]: params[n]["name"] for n in names if n.startswith("launch-training")}
+    assert jobs["sft"]["parameterExpressionSelector"] == 'parseJson(string_value)["job"]'  # one per replicate
+    # serves the first replicate's cpt_sft model (or its adapter on the CPT model), after evaluation
+    assert deps["deploy"] == {"evaluate", "launch-training", "replicate-runs"}
+    assert tasks["deploy"]["inputs"]["parameters"]["replicates"] == \
+        {"taskOutputParameter": {"outputParameterKey": "Output", "producerTask": "replicate-runs"}}
     assert tasks["deploy"]["inputs"]["parameters"]["deployment_mode"] == \
         {"componentInputParameter": "serve_deployment_mode"}
     executors = spec["deploymentSpec"]["executors"]
@@ -95,8 +123,9 @@ def test_cluster_dag(definition, tmp_path):
         assert e["securityContext"]["runAsNonRoot"] is True
         secrets = {s["secretName"] for s in e["secretAsEnv"]}
         assert all(s["optional"] for s in e["secretAsEnv"])
-        # the teacher's key reaches synthesize only
+        # the teacher's key reaches synthesize only, the judge's evaluate only
         assert ("loganalyzer-teacher" in secrets) == (name == "exec-synthesize"), name
+        assert ("loganalyzer-judge" in secrets) == (name == "exec-evaluate"), name
     defaults = spec["root"]["inputDefinitions"]["parameters"]
     assert defaults["cpt_nproc_per_node"]["defaultValue"] == 8 and defaults["sft_nproc_per_node"]["defaultValue"] == 4
     assert defaults["tracking_uri"]["defaultValue"] == "http://loganalyzer-mlflow:5000"
@@ -148,7 +177,7 @@ def test_bundle_installs_the_overlay_where_kfp_runs(tmp_path, overlay):
     pipeline = (out / "cpt-finetune.yaml").read_text()
     assert set(re.findall(r"^ +image: (\S+)$", pipeline, re.M)) == {"registry.test/ml/loganalyzer-jobs:0.1.0",
                                                            "registry.test/ml/loganalyzer-train:0.1.0"}
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError):
         bundle(tmp_path / "c", overlay, "kubeflow", "")
 
 
@@ -297,13 +326,37 @@ def test_pipeline_run_unreachable_host():
     assert result.returncode == 1 and "could not start the run on http://127.0.0.1:9" in result.stderr
 
 
-def test_redact_mode_parameter_stays_a_word_and_is_checked(definition, capsys):
+def test_redact_mode_parameter_stays_a_word_and_is_checked(definition):
     from loganalyzer.config import ConfigError
     from loganalyzer.pipeline import check_values, parse_arguments
 
     args = parse_arguments(["redact_mode=off", "synth_limit=5", "serve_lora=true"], definition.build("cluster"))
     assert args == {"redact_mode": "off", "synth_limit": 5, "serve_lora": True}  # not False: YAML 1.1's "off"
     check_values(args)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="redact_mode='of'"):
         check_values({"redact_mode": "of"})
-    assert "redact_mode='of'" in capsys.readouterr().err
+    for bad, said in (({"replicates": 0}, "replicates=0: Input should be greater than or equal to 1"),
+                      ({"judge_endpoint": "http://127.0.0.1:8000/v1"}, "judge_endpoint and judge_model go together")):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            check_values(bad)
+    check_values({"replicates": 3, "judge_endpoint": "http://127.0.0.1:8000/v1", "judge_model": "m"})
+
+
+def test_replicate_runs_name_each_seeds_dir_and_job():
+    from loganalyzer import steps
+    from loganalyzer.config import ConfigError
+
+    kw = dict(model="/models/r/cpt", datasets="/data/runs/r/datasets", models_dir="/models/r", job_prefix="la-ab12",
+              seed=7, parent_run_id="p1")
+    (one,) = steps.replicate_runs(name="cpt_sft", replicates=1, **kw)
+    assert one == {"seed": 7, "model": "/models/r/cpt", "train_file": "/data/runs/r/datasets/sft_train.jsonl",
+                   "eval_file": "/data/runs/r/datasets/sft_val.jsonl", "output_dir": "/models/r/cpt_sft",
+                   "job": "la-ab12-cpt-sft", "parent_run_id": "p1"}
+    three = steps.replicate_runs(name="sft", replicates=3, **kw)
+    assert [(r["seed"], r["output_dir"], r["job"]) for r in three] == [
+        (7, "/models/r/sft_seed7", "la-ab12-sft-s7"), (8, "/models/r/sft_seed8", "la-ab12-sft-s8"),
+        (9, "/models/r/sft_seed9", "la-ab12-sft-s9")]
+    with pytest.raises(ConfigError):
+        steps.replicate_runs(name="sft", replicates=0, **kw)
+    assert steps.pvc_uri("/models/r/sft_seed7", "loganalyzer-models", "/models") == \
+        "pvc://loganalyzer-models/r/sft_seed7"

@@ -310,10 +310,9 @@ def test_teacher_receives_no_secret_and_datasets_pair_answers_with_what_it_saw(t
     records = list(read_jsonl(tmp_path / "synth" / "records.jsonl"))
     assert all(r["log_sha256"] == log_sha256(redacted[r["chunk_id"]]) for r in records)
     # an answer about pseudonymised hosts is not paired with the raw log: the raw chunks are refused, with the fix
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="synth/chunks.redacted.jsonl: pass that file as --chunks"):
         build_datasets(BuildDatasetsConfig(chunks=str(chunks), synth=[str(tmp_path / "synth")],
                                            out=str(tmp_path / "d0"), val_size=1, test_size=1))
-    assert "synth/chunks.redacted.jsonl: pass that file as --chunks" in capsys.readouterr().err
     stats = build_datasets(BuildDatasetsConfig(chunks=str(tmp_path / "synth" / "chunks.redacted.jsonl"),
                                                synth=[str(tmp_path / "synth")], out=str(tmp_path / "d"),
                                                val_size=1, test_size=1))

@@ -92,14 +92,15 @@ def test_validation_rules():
 
 
 def test_unknown_task_and_missing_key_are_usage_errors(tmp_path, chunks, monkeypatch):
+    from loganalyzer.cli import entry
     from loganalyzer.synthesize import main
 
     with pytest.raises(SystemExit) as e:
-        main(["--chunks", str(chunks), "--out", str(tmp_path), "--tasks", "summarize", "poetry"])
+        entry(main, ["--chunks", str(chunks), "--out", str(tmp_path), "--tasks", "summarize", "poetry"])
     assert e.value.code == 2
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(SystemExit) as e:
-        main(["--chunks", str(chunks), "--out", str(tmp_path)])
+        entry(main, ["--chunks", str(chunks), "--out", str(tmp_path)])
     assert e.value.code == 2
 
 

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import subprocess
@@ -101,3 +102,59 @@ def test_a_training_stage_run_records_system_metrics(mlflow_server, monkeypatch)
     assert metrics["system/cpu_utilization_percentage"] >= 0 and metrics["system/system_memory_usage_megabytes"] > 0
     assert len(client.get_metric_history(run_id, "system/cpu_utilization_percentage")) >= 2
     assert not [m for m in client.get_run(plain).data.metrics if m.startswith("system/")]
+
+
+@pytest.mark.integration
+def test_trained_models_are_registered_with_lineage_scored_and_deployable(mlflow_server, monkeypatch, tiny_env,
+                                                                          tmp_path):
+    """train register_as=... -> a version with its lineage (real server); evaluate tags it with its scores;
+    deploy resolves models:/NAME/VERSION and models:/NAME@ALIAS to the source it serves."""
+    import mlflow
+
+    from loganalyzer.config import ConfigError, config_file, load_yaml
+    from loganalyzer.deploy import DeployConfig, resolve_registered
+    from loganalyzer.evaluate import EvaluateConfig
+    from loganalyzer.evaluate import run as evaluate
+    from loganalyzer.registry import RECORD
+    from loganalyzer.train import TrainConfig
+    from loganalyzer.train import run as train
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "test-registry")
+    parent = tracking.start_parent("pipeline", tags={"kfp.run_id": "kfp-run-7"})
+    monkeypatch.setenv(tracking.PARENT_ENV, parent)
+    data = tiny_env["datasets"]
+    recipe = {**load_yaml(config_file("sft_tiny_cpu")), "model_name_or_path": str(tiny_env["model"]),
+              "train_file": str(data / "sft_train.jsonl"), "output_dir": str(tmp_path / "sft"),
+              "register_as": "loganalyzer-sft", "register_tags": {"recipe": "sft_tiny_cpu"}, "save_strategy": "no"}
+    # an MLflow server refuses a local path as a version's source: said before training, not after it
+    with pytest.raises(ConfigError, match="set storage_uri"):
+        train(TrainConfig(**recipe))
+    assert not (tmp_path / "sft").exists()
+    train(TrainConfig(**recipe, storage_uri="pvc://loganalyzer-models/run-1/sft"))
+    record = json.loads((tmp_path / "sft" / RECORD).read_text())
+    assert record["name"] == "loganalyzer-sft" and record["version"] == "1"
+    client = mlflow.tracking.MlflowClient()
+    version = client.get_model_version("loganalyzer-sft", "1")
+    assert version.source == "pvc://loganalyzer-models/run-1/sft" and version.run_id == record["run_id"]
+    tags = version.tags
+    assert tags["base_model"] == str(tiny_env["model"]) and tags["mode"] == "sft" and tags["seed"] == "1309"
+    assert tags["recipe"] == "sft_tiny_cpu" and tags["parent_run_id"] == parent and tags["kfp.run_id"] == "kfp-run-7"
+    assert tags["train_file_sha256"] == hashlib.sha256((data / "sft_train.jsonl").read_bytes()).hexdigest()
+    assert client.get_run(version.run_id).data.tags["loganalyzer.stage"] == "train-sft"
+
+    report = evaluate(EvaluateConfig(test=str(data / "sft_test.jsonl"), models=[f"sft={tmp_path / 'sft'}"],
+                                     out=str(tmp_path / "eval"), max_new_tokens=4, limit=2, n_boot=20))
+    tags = client.get_model_version("loganalyzer-sft", "1").tags
+    assert float(tags["eval.rouge1"]) == pytest.approx(report["sft"]["rouge1"], rel=1e-5)
+    assert tags["eval.n"] == "2" and tags["eval.test"] == str(data / "sft_test.jsonl")
+    assert "eval.grounding.entity_recall" in tags or report["sft"]["grounding"]["entity_recall"] is None
+
+    client.set_registered_model_alias("loganalyzer-sft", "champion", "1")
+    for uri in ("models:/loganalyzer-sft/1", "models:/loganalyzer-sft@champion", "models:/loganalyzer-sft/latest"):
+        assert resolve_registered(DeployConfig(name="chat", storage_uri=uri)).storage_uri == "pvc://loganalyzer-models/run-1/sft"
+    for uri, why in (("models:/loganalyzer-sft/9", "loganalyzer-sft"), ("models:/nope@x", "nope"),
+                     ("models:/a/b/c", "not models:/NAME/VERSION")):
+        with pytest.raises(ConfigError, match=why):
+            resolve_registered(DeployConfig(name="chat", storage_uri=uri))
+    tracking.end_parent(parent)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable
 
 COMMANDS = {
     "chunk": ("loganalyzer.chunk", "chunk raw logs into 50-150-line samples"),
@@ -30,6 +31,18 @@ def usage() -> str:
     return f"usage: loganalyzer <command> [args]   (loganalyzer <command> --help)\n\ncommands:\n{rows}\n"
 
 
+def entry(stage_main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
+    """Run a stage's ``main`` as a command: a ConfigError becomes ``error: <message>`` on stderr and exit code 2
+    (``python -m loganalyzer.<stage>`` and ``loganalyzer <stage>`` both come through here)."""
+    from loganalyzer.config import EXIT_USAGE, ConfigError
+
+    try:
+        stage_main(argv)
+    except ConfigError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -40,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
     module = importlib.import_module(COMMANDS[command][0])
-    module.main(rest)
+    entry(module.main, rest)
 
 
 if __name__ == "__main__":

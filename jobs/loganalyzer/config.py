@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import types
 import typing
 from pathlib import Path
@@ -40,12 +39,14 @@ class StageConfig(BaseModel):
 C = TypeVar("C", bound=StageConfig)
 
 
-class ConfigError(SystemExit):
-    """Raised for unusable configuration; exits with code 2 after printing ``message`` to stderr."""
+class ConfigError(Exception):
+    """Unusable configuration or input; ``message`` says what, where and how to fix it. An ordinary exception, so
+    KFP steps and Ray workers handle it like any other; the command line (``loganalyzer.cli.entry``) prints
+    ``error: <message>`` and exits with code ``EXIT_USAGE``."""
 
     def __init__(self, message: str):
-        print(f"error: {message}", file=sys.stderr)
-        super().__init__(EXIT_USAGE)
+        super().__init__(message)
+        self.message = message
 
 
 def _is_list(annotation: Any) -> bool:
@@ -110,7 +111,8 @@ def build_parser(cls: type[StageConfig], stage: str, description: str | None = N
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
         elif _is_list(field.annotation):
-            parser.add_argument(flag, dest=name, nargs="+", default=None, help=help_text)
+            # extend: a repeated flag adds to the list (store would keep only the last one)
+            parser.add_argument(flag, dest=name, nargs="+", action="extend", default=None, help=help_text)
         else:
             parser.add_argument(flag, dest=name, default=None, help=help_text)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="field overrides")

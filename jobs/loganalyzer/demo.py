@@ -67,6 +67,10 @@ class DemoConfig(StageConfig):
     cpt_recipe: str = "cpt_demo_cpu"
     sft_recipe: str = "sft_demo_cpu"
     eval_max_new_tokens: int = 320
+    replicates: int = Field(1, ge=1, description="SFT and CPT+SFT trained with this many seeds (mean ± sd, and "
+                                                 "cpt_sft vs sft weighed against seed noise)")
+    judge_endpoint: str = Field("", description="OpenAI-compatible URL of an LLM judge for evaluate; '' = none")
+    judge_model: str = Field("", description="the judge's model name")
 
 
 def structured_csvs(cfg: DemoConfig) -> list[str]:
@@ -102,8 +106,9 @@ def run(cfg: DemoConfig) -> dict:
              redact_mode=cfg.redact,
              loghub_structured=[str(Path(p).resolve()) for p in structured],
              val_size=cfg.val_size, test_size=cfg.test_size, cpt_recipe=cfg.cpt_recipe, sft_recipe=cfg.sft_recipe,
-             eval_max_new_tokens=cfg.eval_max_new_tokens, tracking_uri=f"sqlite:///{out / 'mlflow.db'}",
-             experiment=EXPERIMENT)
+             eval_max_new_tokens=cfg.eval_max_new_tokens, replicates=cfg.replicates,
+             judge_endpoint=cfg.judge_endpoint, judge_model=cfg.judge_model,
+             tracking_uri=f"sqlite:///{out / 'mlflow.db'}", experiment=EXPERIMENT)
     report = json.loads((out / "eval" / "report.json").read_text())
     timings = stage_seconds(out, t0)
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
@@ -114,9 +119,10 @@ def run(cfg: DemoConfig) -> dict:
 def stage_seconds(out: Path, start: float) -> dict[str, float]:
     """Wall seconds per pipeline task and in ``total``. kfp's local runner runs the tasks one at a time, so a task
     took from the previous task's end (or ``start``) to its own end: its ``executor_output.json``, written last.
-    That includes the task's process start-up. Training tasks are named by their model dir (``train (sft)``)."""
+    That includes the task's process start-up. Training tasks are named by their model dir (``train (sft)``,
+    ``train (sft_seed1310)``; a replicate's task lies one level down, in its loop iteration's dir)."""
     ends = []
-    for output in (out / "kfp").glob("*/*/executor_output.json"):
+    for output in (out / "kfp").glob("*/**/executor_output.json"):
         name = output.parent.name
         if name.startswith("train"):
             name = f"train ({Path(json.loads(output.read_text())['parameterValues']['Output']).name})"
@@ -159,4 +165,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from loganalyzer.cli import entry
+
+    entry(main)

@@ -34,6 +34,7 @@ both request and limit, so those defaults never survive.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Literal
 
@@ -41,7 +42,7 @@ from kubernetes import client as k8s
 from pydantic import Field, model_validator
 
 from loganalyzer import k8s as kube
-from loganalyzer.config import StageConfig, parse_config
+from loganalyzer.config import ConfigError, StageConfig, parse_config
 from loganalyzer.launch import K8S_NAME
 
 log = logging.getLogger("loganalyzer.deploy")
@@ -55,7 +56,8 @@ class DeployConfig(StageConfig):
     """Create or update the InferenceService serving a model and wait until it is Ready."""
 
     name: str = Field(pattern=K8S_NAME, max_length=45, description="InferenceService name")
-    storage_uri: str = Field(description="model location: pvc://<claim>/<path>, s3://... or hf://...")
+    storage_uri: str = Field(description="model location: pvc://<claim>/<path>, s3://..., hf://..., or a registered "
+                                         "version models:/NAME/VERSION | models:/NAME@ALIAS (MLflow Model Registry)")
     namespace: str = Field(default="loganalyzer", description="namespace of the InferenceService")
     served_model_name: str = Field(default="loganalyzer", description="model name clients send in requests")
     max_model_len: int = Field(default=8192, gt=0, description="context length the server allocates for")
@@ -186,6 +188,27 @@ def _exists(kc, cfg: DeployConfig) -> bool:
     return True
 
 
+def resolve_registered(cfg: DeployConfig) -> DeployConfig:
+    """``cfg`` with a ``models:/`` storage_uri replaced by the registered version's source
+    (``loganalyzer.registry.resolve``). Raises ConfigError when tracking is off or the source is a local path,
+    which KServe cannot read."""
+    if not cfg.storage_uri.startswith("models:/"):
+        return cfg
+    from loganalyzer.registry import is_local_source, resolve
+
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        raise ConfigError(f"storage_uri={cfg.storage_uri}: set MLFLOW_TRACKING_URI to the registry's MLflow server")
+    try:
+        source = resolve(cfg.storage_uri)
+    except Exception as exc:  # ValueError for the form, MlflowException for an unknown name/version/alias
+        raise ConfigError(f"storage_uri={cfg.storage_uri}: {exc}") from None
+    if is_local_source(source):
+        raise ConfigError(f"storage_uri={cfg.storage_uri} is registered at the local path {source}, which KServe "
+                          "cannot read; register it with storage_uri=pvc://... or s3://... (train's storage_uri)")
+    log.info("deploy: %s -> %s", cfg.storage_uri, source)
+    return cfg.model_copy(update={"storage_uri": source})
+
+
 def run(cfg: DeployConfig, kserve_client=None) -> str:
     """Create or replace the InferenceService, wait for Ready; return its OpenAI-compatible base URL.
 
@@ -194,6 +217,7 @@ def run(cfg: DeployConfig, kserve_client=None) -> str:
     from kserve import KServeClient
 
     kc = kserve_client or KServeClient()
+    cfg = resolve_registered(cfg)
     isvc = inference_service(cfg)
     if cfg.knative and (cfg.node_selector or cfg.tolerations):
         log.warning("Knative refuses nodeSelector and tolerations unless its kubernetes.podspec-nodeselector and "
@@ -253,4 +277,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from loganalyzer.cli import entry
+
+    entry(main)

@@ -19,6 +19,16 @@ builtin definitions), and for ``cpt_sft`` when ``sft`` is present
 ``report.md`` (tables),
 ``metrics.png`` (bar chart with CIs) and ``report.html`` (both in one page).
 Metric definitions: ``loganalyzer.metrics``.
+
+``--eval-set [NAME=]FILE`` (repeatable) adds test sets in any of the same forms; each gets its own section:
+``report[model]["eval_sets"][NAME]`` holds the scores of the top-level entry (metrics, CIs, per task, grounding,
+judge, replicates, ``vs_sft*`` under ``cpt_sft``; not ``source``, ``dtype``, the timing) plus ``file``, and the
+set's files go to ``eval_sets/NAME/``. Every model answers all
+sets in one load. With ``--judge-endpoint URL --judge-model NAME`` an LLM judge grades every answer 1–5
+(``loganalyzer.judge``): ``report[model]["judge"]`` and ``report["cpt_sft"]["vs_sft_judge"]``.
+Each model entry also carries ``generate_s_per_100`` (seconds per 100 answers, all sets). A model named more than
+once in ``--models`` has replicates: ``report[model]["replicates"]`` (mean ± sd over seeds) and
+``report["cpt_sft"]["vs_sft_pooled"]`` (``loganalyzer.replicates``).
 """
 
 from __future__ import annotations
@@ -26,29 +36,44 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from pydantic import Field, field_validator
 
-from loganalyzer import grounding
+from loganalyzer import grounding, judge, replicates
 from loganalyzer.config import ConfigError, parse_config
 from loganalyzer.eval_sets import load_eval_set
 from loganalyzer.io import JsonlWriter
-from loganalyzer.metrics import METRICS, aggregate, paired_bootstrap, per_sample, score
+from loganalyzer.judge import JudgeSettings
+from loganalyzer.metrics import (
+    METRICS,
+    aggregate,
+    paired_bootstrap,
+    paired_bootstrap_pooled,
+    paired_defined,
+    per_sample,
+    score,
+    summarize_defined,
+)
 from loganalyzer.redact import RedactionSettings
 
 log = logging.getLogger("loganalyzer.evaluate")
 
 
-class EvaluateConfig(RedactionSettings):
+class EvaluateConfig(RedactionSettings, JudgeSettings):
     """Generate answers for the test split with each model and compare them (six metrics, CIs, p-value)."""
 
     test: str = Field(description="test set: build-datasets' sft_test.jsonl, or a ShareGPT or Alpaca JSON/JSON "
                                    "Lines file (loganalyzer.eval_sets)")
-    models: list[str] = Field(description="name=model_dir (or name=served_model with --endpoint)")
+    eval_set: list[str] = Field([], description="more test sets in the same forms, one report section each: "
+                                                 "FILE or NAME=FILE (NAME defaults to the file's stem)")
+    models: list[str] = Field(description="name=model_dir (or name=served_model with --endpoint); a repeated name is "
+                                          "another replicate of that model (loganalyzer.replicates)")
     out: str = Field(description="output directory")
     endpoint: str | None = Field(None, description="OpenAI-compatible base URL (…/v1) instead of in-process")
     max_new_tokens: int = Field(512, ge=1)
@@ -65,9 +90,20 @@ class EvaluateConfig(RedactionSettings):
         for item in v:
             if "=" not in item or not item.split("=", 1)[0]:
                 raise ValueError(f"{item!r} is not name=model")
-        if len({i.split('=', 1)[0] for i in v}) != len(v):
-            raise ValueError("model names must be unique")
+        replicates.expand(v)  # replicate names must not clash with given names
         return v
+
+    @field_validator("eval_set")
+    @classmethod
+    def _named_sets(cls, v: list[str]) -> list[str]:
+        named = [item if "=" in item else f"{Path(item).stem}={item}" for item in v]
+        names = [item.split("=", 1)[0] for item in named]
+        bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", n)]
+        if bad:
+            raise ValueError(f"eval set name(s) {bad} must be letters, digits, '_' or '-' (name a set: NAME=FILE)")
+        if len(set(names)) != len(names) or "test" in names:
+            raise ValueError(f"eval set names {names} must be unique and not 'test' (name them: NAME=FILE)")
+        return named
 
 
 def prompt_and_reference(row: dict) -> tuple[list[dict], str]:
@@ -128,19 +164,16 @@ def redact_for_endpoint(cfg: EvaluateConfig, prompts: list[list[dict]], refs: li
                         out: Path) -> tuple[list[list[dict]], list[str]]:
     """Prompts and references redacted with one pseudonym space when ``cfg.redact`` is active toward
     ``cfg.endpoint`` (counts in ``out/redaction.json``); unchanged otherwise."""
-    from loganalyzer.redact import Redactor, describe, redaction_active
+    from loganalyzer.redact import redact_together, redaction_active
 
     if not redaction_active(cfg.redact, cfg.endpoint, "evaluate"):
         return prompts, refs
-    redactor = Redactor(cfg.pii_entities)
-    new_prompts, new_refs = [], []
-    for prompt, ref in zip(prompts, refs, strict=True):  # the prompt first: its pseudonyms carry to the reference
-        new_prompts.append([{**m, "content": redactor.redact(m["content"])[0]} for m in prompt])
-        new_refs.append(redactor.redact(ref)[0])
-    counts = dict(sorted(redactor.counts.items()))
+    # per sample the prompt first: its pseudonyms carry to the reference
+    rows, counts = redact_together([[m["content"] for m in p] + [r] for p, r in zip(prompts, refs, strict=True)],
+                                   cfg.pii_entities, f"evaluate's endpoint {cfg.endpoint}")
     (out / "redaction.json").write_text(json.dumps({"endpoint": cfg.endpoint, "counts": counts}, indent=2))
-    log.info("evaluate: redacted before sending to %s: %s", cfg.endpoint, describe(counts) or "nothing to replace")
-    return new_prompts, new_refs
+    return ([[{**m, "content": t} for m, t in zip(p, row, strict=False)] for p, row in zip(prompts, rows, strict=True)],
+            [row[-1] for row in rows])
 
 
 def example(rows: list[dict], predictions: dict[str, list[str]]) -> dict:
@@ -161,13 +194,17 @@ def _quote(text: str) -> str:
     return "\n".join("> " + line for line in (text or "(empty answer)").splitlines())
 
 
-def markdown_report(report: dict, shown: dict | None = None) -> str:
+def _ci(value: float | None, ci: list | None, fmt: str = ".3f") -> str:
+    return "-" if value is None else f"{value:{fmt}} [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
+
+
+def _set_tables(report: dict) -> list[str]:
+    """The Markdown tables of one test set's ``{model: entry}``."""
     names = list(report)
     lines = ["| model | n | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
     for name in names:
         r = report[name]
-        cells = [f"{r[m]:.4f} [{r[m + '_ci95'][0]:.3f}, {r[m + '_ci95'][1]:.3f}]" for m in METRICS]
-        lines.append(f"| {name} | {r['n']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {r['n']} | " + " | ".join(_ci(r[m], r[m + "_ci95"], ".4f") for m in METRICS) + " |")
     if "vs_sft" in report.get("cpt_sft", {}):
         lines += ["", "**cpt_sft vs sft** (paired bootstrap, two-sided):", "",
                   "| metric | delta | 95% CI of delta | p-value |", "|---|---|---|---|"]
@@ -179,24 +216,58 @@ def markdown_report(report: dict, shown: dict | None = None) -> str:
               "| model | entity_precision | n | entity_recall | n |", "|---|---|---|---|---|"]
     for name in names:
         g = report[name].get("grounding", {})
-        cells = [(f"{g[m]:.3f} [{g[m + '_ci95'][0]:.3f}, {g[m + '_ci95'][1]:.3f}]" if g.get(m) is not None else "-",
-                  g.get(m + "_n", 0)) for m in grounding.GROUNDING_METRICS]
+        cells = [(_ci(g.get(m), g.get(m + "_ci95")), g.get(m + "_n", 0)) for m in grounding.GROUNDING_METRICS]
         lines.append(f"| {name} | " + " | ".join(f"{c} | {n}" for c, n in cells) + " |")
-    for m, c in report.get("cpt_sft", {}).get("vs_sft_grounding", {}).items():
-        if c["delta"] is not None:
-            lines.append(f"\ncpt_sft vs sft, {m}: {c['delta']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}], "
-                         f"p = {c['p_value']:.3f} (paired, {c['n']} samples)")
+    lines += _paired_lines(report, "vs_sft_grounding")
+    if any("judge" in report[n] for n in names):
+        j = next(report[n]["judge"] for n in names if "judge" in report[n])
+        lines += ["", f"LLM judge (`loganalyzer.judge`, rubric v{j['rubric_version']}, judge `{j['judge_model']}`): "
+                  "1-5, mean [95% CI] over the answers judged; rejects could not be judged:", "",
+                  "| model | " + " | ".join(judge.CRITERIA) + " | judged | rejects |",
+                  "|---|" + "---|" * (len(judge.CRITERIA) + 2)]
+        for name in names:
+            j = report[name].get("judge", {})
+            cells = [_ci(j.get(c), j.get(c + "_ci95"), ".2f") for c in judge.CRITERIA]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {j.get(judge.CRITERIA[0] + '_n', 0)} | "
+                         f"{j.get('rejects', '-')} |")
+        lines += _paired_lines(report, "vs_sft_judge")
+    if any("replicates" in report[n] for n in names):
+        lines += ["", "Replicates (`loganalyzer.replicates`; the tables above show the first): mean ± sd over seeds:",
+                  "", "| model | seeds | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+        for name in names:
+            rep = report[name].get("replicates")
+            if rep:
+                lines.append(f"| {name} | {rep['n']} | " + " | ".join(
+                    f"{rep[m]['mean']:.4f} ± {rep[m]['sd']:.4f}" for m in METRICS) + " |")
+        for c in report.get("cpt_sft", {}).get("vs_sft_pooled", {}).values():
+            lines += ["", "- " + c["words"]]
     lines += ["", "Per task (ROUGE-1 / fuzzy match):", "", "| task | " + " | ".join(names) + " |",
               "|---|" + "---|" * len(names)]
     for task in sorted({t for n in names for t in report[n]["per_task"]}):
         cells = [f"{report[n]['per_task'][task]['rouge1']:.3f} / {report[n]['per_task'][task]['fuzzy_match']:.3f}"
                  if task in report[n]["per_task"] else "-" for n in names]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _paired_lines(report: dict, key: str) -> list[str]:
+    return [f"\ncpt_sft vs sft, {m}: {c['delta']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}], "
+            f"p = {c['p_value']:.3f} (paired, {c['n']} samples)"
+            for m, c in report.get("cpt_sft", {}).get(key, {}).items() if c["delta"] is not None]
+
+
+def markdown_report(report: dict, shown: dict | None = None) -> str:
+    """Tables of the test set, the example, then one section per ``--eval-set``."""
+    lines = _set_tables(report)
     if shown:
         lines += ["", f"**Example** (test row `{shown['id']}`)", "", "Question:", "", _quote(shown["question"]), "",
                   "Reference:", "", _quote(shown["reference"])]
         for name, answer in shown["answers"].items():
             lines += ["", f"{name}:", "", _quote(answer)]
+    first = next(iter(report.values()))
+    for set_name, entry in first.get("eval_sets", {}).items():
+        lines += ["", f"## Eval set `{set_name}` ({entry['file']}, n = {entry['n']})", ""]
+        lines += _set_tables({name: r["eval_sets"][set_name] for name, r in report.items()})
     return "\n".join(lines) + "\n"
 
 
@@ -237,75 +308,181 @@ def plot_report(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+@dataclass
+class EvalSet:
+    """One test set: its rows, the prompts and references as the models see them, and where its files go."""
+
+    name: str
+    file: str
+    out: Path
+    rows: list[dict]
+    prompts: list[list[dict]]
+    refs: list[str]
+    predictions: dict[str, list[str]] = field(default_factory=dict)
+
+
+def load_set(name: str, file: str, out: Path, limit: int | None, flag: str) -> EvalSet:
+    """Read a test set (``loganalyzer.eval_sets``); raises ConfigError naming ``flag`` and the file."""
+    if not Path(file).is_file():
+        raise ConfigError(f"{flag} {file}: no such file")
+    try:
+        rows = load_eval_set(file)[:limit]
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+    if not rows:
+        raise ConfigError(f"{flag} {file}: no test rows")
+    pairs = [prompt_and_reference(r) for r in rows]
+    out.mkdir(parents=True, exist_ok=True)
+    return EvalSet(name, file, out, rows, [p for p, _ in pairs], [r for _, r in pairs])
+
+
+def score_set(cfg: EvaluateConfig, s: EvalSet, tracker, groups: dict[str, list[str]], prefix: str = "") -> dict:
+    """``{model: entry}`` for one set (see the module docstring); writes its predictions and judge files.
+    ``groups``: each model's replicate runs (``replicates.expand``); later replicates fold into the first's entry."""
+    report: dict = {}
+    samples: dict[str, dict] = {}
+    grounding_samples: dict[str, dict] = {}
+    logs = ["\n".join(m["content"] for m in p) for p in s.prompts]  # what each answer may quote
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(s.rows):
+        by_task[row.get("task", "all")].append(i)
+    for name, preds in s.predictions.items():
+        with JsonlWriter(s.out / f"predictions_{name}.jsonl") as w:
+            for row, p, r in zip(s.rows, preds, s.refs, strict=True):
+                w.write({"id": row["id"], "task": row.get("task"), "system": row.get("system"),
+                         "prediction": p, "reference": r})
+        samples[name] = per_sample(preds, s.refs)  # computed once: CIs, per-task and paired bootstrap use it
+        entry = score(preds, s.refs, n_boot=cfg.n_boot, seed=cfg.seed, backend=cfg.metrics_backend,
+                      scores=samples[name])
+        entry["per_task"] = {t: {"n": len(ix), **{m: float(v) for m, v in
+                                                   aggregate(samples[name], np.array(ix)).items()}}
+                             for t, ix in sorted(by_task.items())}
+        grounding_samples[name] = grounding.per_sample(preds, s.refs, logs)
+        entry["grounding"] = grounding.summarize(grounding_samples[name], cfg.n_boot, cfg.seed)
+        report[name] = entry
+        tracker.log_metrics({f"{prefix}{name}.{m}": entry[m] for m in METRICS})
+        tracker.log_metrics({f"{prefix}{name}.{m}": entry["grounding"][m] for m in grounding.GROUNDING_METRICS
+                             if entry["grounding"][m] is not None})
+        log.info("%s%s: %s", prefix, name, {m: round(entry[m], 4) for m in METRICS})
+    judge_scores = {}
+    if cfg.judge_endpoint:
+        judge_scores, info = judge.judge(cfg, [r["id"] for r in s.rows], s.prompts, s.refs, s.predictions, s.out)
+        per_100 = round(100 * info["seconds"] / max(1, len(s.rows) * len(s.predictions)), 2)
+        for name, scores in judge_scores.items():
+            report[name]["judge"] = {**summarize_defined(scores, judge.CRITERIA, cfg.n_boot, cfg.seed),
+                                     "rejects": info["rejects"][name], "judge_model": info["judge_model"],
+                                     "endpoint": info["endpoint"], "rubric_version": info["rubric_version"],
+                                     "s_per_100_answers": per_100, "redaction": info["redaction"]}
+            tracker.log_metrics({f"{prefix}{name}.judge_{c}": report[name]["judge"][c] for c in judge.CRITERIA
+                                 if report[name]["judge"][c] is not None})
+    if "cpt_sft" in samples and "sft" in samples:
+        report["cpt_sft"]["vs_sft"] = paired_bootstrap(samples["sft"], samples["cpt_sft"], cfg.n_boot, cfg.seed)
+        report["cpt_sft"]["vs_sft_grounding"] = grounding.paired(grounding_samples["sft"],
+                                                                 grounding_samples["cpt_sft"], cfg.n_boot, cfg.seed)
+        if judge_scores:
+            report["cpt_sft"]["vs_sft_judge"] = paired_defined(judge_scores["sft"], judge_scores["cpt_sft"],
+                                                               judge.CRITERIA, cfg.n_boot, cfg.seed)
+    for name, runs in groups.items():
+        if len(runs) > 1:
+            report[name]["replicates"] = replicates.summary([report[r] for r in runs], runs)
+    pair = groups.get("sft", []), groups.get("cpt_sft", [])
+    if len(pair[0]) > 1 and len(pair[0]) == len(pair[1]):
+        pooled = paired_bootstrap_pooled([samples[r] for r in pair[0]], [samples[r] for r in pair[1]], cfg.n_boot,
+                                         cfg.seed)
+        report["cpt_sft"]["vs_sft_pooled"] = replicates.seed_verdict(pooled, report["sft"]["replicates"],
+                                                                     report["cpt_sft"]["replicates"])
+    for runs in groups.values():
+        for r in runs[1:]:
+            del report[r]
+    return report
+
+
 def run(cfg: EvaluateConfig) -> dict:
     """Generate, score and write the report; return it."""
+    import time
+
     from loganalyzer.tracking import stage_run
 
-    if not Path(cfg.test).is_file():
-        raise ConfigError(f"--test {cfg.test}: no such file")
-    try:
-        rows = load_eval_set(cfg.test)[: cfg.limit]
-    except ValueError as exc:
-        raise ConfigError(f"--test: {exc}") from None
-    if not rows:
-        raise ConfigError(f"--test {cfg.test}: no test rows")
-    pairs = [prompt_and_reference(r) for r in rows]
-    prompts, refs = [p for p, _ in pairs], [r for _, r in pairs]
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    sets = [load_set("test", cfg.test, out, cfg.limit, "--test")]
+    for item in cfg.eval_set:
+        name, file = item.split("=", 1)
+        sets.append(load_set(name, file, out / "eval_sets" / name, cfg.limit, "--eval-set"))
     if cfg.endpoint:
-        prompts, refs = redact_for_endpoint(cfg, prompts, refs, out)
-    models = dict(item.split("=", 1) for item in cfg.models)
+        for s in sets:
+            s.prompts, s.refs = redact_for_endpoint(cfg, s.prompts, s.refs, s.out)
+    models, groups = replicates.expand(cfg.models)
+    if cfg.judge_endpoint:  # before hours of generation, not after
+        from loganalyzer.openai_api import api_key
+
+        api_key(cfg.judge_endpoint, "--judge-endpoint")
+    if len(groups.get("sft", [])) != len(groups.get("cpt_sft", [])) and max(map(len, groups.values())) > 1:
+        log.warning("evaluate: %d sft and %d cpt_sft replicates: no pooled comparison (it needs as many of each)",
+                    len(groups.get("sft", [])), len(groups.get("cpt_sft", [])))
     if not cfg.endpoint:  # a hub id ("org/name") is fine; a path that does not exist is not
         missing = {n: d for n, d in models.items()
                    if not Path(d).is_dir() and (d.startswith(("/", ".", "~")) or d.count("/") != 1)}
         if missing:
             raise ConfigError(f"--models: no such model dir(s) {missing} (give a model dir or a hub id org/name)")
-    report: dict = {}
-    samples: dict[str, dict] = {}
-    grounding_samples: dict[str, dict] = {}
-    predictions: dict[str, list[str]] = {}
-    logs = ["\n".join(m["content"] for m in p) for p in prompts]  # what each answer may quote
+    prompts = [p for s in sets for p in s.prompts]
     with stage_run("evaluate", cfg.model_dump()) as tracker:
-        for name, src in models.items():
+        seconds: dict[str, float] = {}
+        for name, src in models.items():  # one model load answers every set
+            t0 = time.perf_counter()
             preds = generate_endpoint(src, prompts, cfg) if cfg.endpoint else generate_local(src, prompts, cfg)
-            with JsonlWriter(out / f"predictions_{name}.jsonl") as w:
-                for row, p, r in zip(rows, preds, refs, strict=True):
-                    w.write({"id": row["id"], "task": row.get("task"), "system": row.get("system"),
-                             "prediction": p, "reference": r})
-            predictions[name] = preds
-            samples[name] = per_sample(preds, refs)  # computed once: CIs, per-task and paired bootstrap use it
-            entry = score(preds, refs, n_boot=cfg.n_boot, seed=cfg.seed, backend=cfg.metrics_backend,
-                          scores=samples[name])
-            by_task: dict[str, list[int]] = defaultdict(list)
-            for i, row in enumerate(rows):
-                by_task[row.get("task", "all")].append(i)
-            entry["per_task"] = {t: {"n": len(ix), **{m: float(v) for m, v in
-                                                       aggregate(samples[name], np.array(ix)).items()}}
-                                 for t, ix in sorted(by_task.items())}
-            grounding_samples[name] = grounding.per_sample(preds, refs, logs)
-            entry["grounding"] = grounding.summarize(grounding_samples[name], cfg.n_boot, cfg.seed)
-            entry["source"] = f"{cfg.endpoint} {src}" if cfg.endpoint else src
+            seconds[name] = time.perf_counter() - t0
+            start = 0
+            for s in sets:
+                s.predictions[name], start = preds[start:start + len(s.rows)], start + len(s.rows)
+        reports = [score_set(cfg, s, tracker, groups, "" if s.name == "test" else f"{s.name}.") for s in sets]
+        report = reports[0]
+        for name, runs in groups.items():
+            src = models[name]
+            report[name]["source"] = f"{cfg.endpoint} {src}" if cfg.endpoint else src
+            report[name]["generate_s_per_100"] = round(100 * seconds[name] / len(prompts), 2)
+            if len(runs) > 1:
+                report[name]["replicates"]["sources"] = [models[r] for r in runs]
             if not cfg.endpoint:
                 from loganalyzer.hardware import inference_dtype
 
-                entry["dtype"] = inference_dtype()
-            report[name] = entry
-            tracker.log_metrics({f"{name}.{m}": entry[m] for m in METRICS})
-            tracker.log_metrics({f"{name}.{m}": entry["grounding"][m] for m in grounding.GROUNDING_METRICS
-                                 if entry["grounding"][m] is not None})
-            log.info("%s: %s", name, {m: round(entry[m], 4) for m in METRICS})
-        if "cpt_sft" in samples and "sft" in samples:
-            report["cpt_sft"]["vs_sft"] = paired_bootstrap(samples["sft"], samples["cpt_sft"], cfg.n_boot, cfg.seed)
-            report["cpt_sft"]["vs_sft_grounding"] = grounding.paired(grounding_samples["sft"],
-                                                                     grounding_samples["cpt_sft"], cfg.n_boot, cfg.seed)
+                report[name]["dtype"] = inference_dtype()
+            for s, r in zip(sets[1:], reports[1:], strict=True):
+                report[name].setdefault("eval_sets", {})[s.name] = {"file": s.file, **r[name]}
         (out / "report.json").write_text(json.dumps(report, indent=2))
-        shown = example(rows, predictions)
+        if not cfg.endpoint:
+            tag_registered_versions(cfg, report, groups, models)
+        shown = example(sets[0].rows, sets[0].predictions)
         (out / "report.md").write_text(markdown_report(report, shown))
         plot_report(report, out / "metrics.png")
         (out / "report.html").write_text(html_report(report, out / "metrics.png", shown))
         tracker.log_artifact(out)
     return report
+
+
+def tag_registered_versions(cfg: EvaluateConfig, report: dict, groups: dict[str, list[str]],
+                            models: dict[str, str]) -> None:
+    """Each model dir registered by ``train`` (``loganalyzer.registry.RECORD``) gets its own scores on the test
+    set as ``eval.*`` tags on its registry version (tracking on)."""
+    from loganalyzer import registry
+    from loganalyzer.tracking import enabled
+
+    if not enabled():
+        return
+    for name, runs in groups.items():
+        entry = report[name]
+        values = ({m: v["values"] for m, v in entry["replicates"].items() if isinstance(v, dict) and "values" in v}
+                  if "replicates" in entry else replicates.metric_values([entry]))
+        for i, run_name in enumerate(runs):
+            try:
+                record = registry.tag_evaluation(models[run_name], {m: v[i] for m, v in values.items()},
+                                                 {"eval.n": str(entry["n"]), "eval.test": cfg.test,
+                                                  "eval.report": str(Path(cfg.out).resolve() / "report.json")})
+            except Exception as exc:  # the report stands without the tags
+                log.error("%s: could not tag its registry version with the scores (%s: %s)", run_name,
+                          type(exc).__name__, exc)
+                continue
+            if record:
+                log.info("%s: scores tagged on %s version %s", run_name, record["name"], record["version"])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -318,4 +495,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from loganalyzer.cli import entry
+
+    entry(main)

@@ -36,6 +36,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from loganalyzer.metrics import paired_defined, summarize_defined
+
 GROUNDING_METRICS = ("entity_precision", "entity_recall")
 
 _MON = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
@@ -100,33 +102,10 @@ def per_sample(answers: Iterable[str], references: Iterable[str], logs: Iterable
 
 def summarize(scores: dict[str, np.ndarray], n_boot: int = 1000, seed: int = 1309) -> dict:
     """``{metric: mean | None, metric + "_ci95": [lo, hi] | None, metric + "_n": samples where defined}``."""
-    out: dict = {}
-    for k in GROUNDING_METRICS:
-        x = scores[k]
-        defined = ~np.isnan(x)
-        out[k + "_n"] = int(defined.sum())
-        if not defined.any():
-            out[k], out[k + "_ci95"] = None, None
-            continue
-        v = x[defined]
-        boot = v[np.random.default_rng(seed).integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
-        out[k] = float(v.mean())
-        out[k + "_ci95"] = [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
-    return out
+    return summarize_defined(scores, GROUNDING_METRICS, n_boot, seed)
 
 
 def paired(a: dict[str, np.ndarray], b: dict[str, np.ndarray], n_boot: int = 1000, seed: int = 1309) -> dict:
     """Paired bootstrap of ``b`` vs ``a`` per metric over the samples where both are defined:
     ``{metric: {"delta", "p_value", "ci95", "n"}}`` (``None`` values when no sample has both)."""
-    out = {}
-    for k in GROUNDING_METRICS:
-        both = ~np.isnan(a[k]) & ~np.isnan(b[k])
-        if not both.any():
-            out[k] = {"delta": None, "p_value": None, "ci95": None, "n": 0}
-            continue
-        d = b[k][both] - a[k][both]
-        boot = d[np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
-        p = min(1.0, 2 * min(float((boot <= 0).mean()), float((boot >= 0).mean())))
-        out[k] = {"delta": float(d.mean()), "p_value": p, "n": int(both.sum()),
-                  "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}
-    return out
+    return paired_defined(a, b, GROUNDING_METRICS, n_boot, seed)

@@ -13,6 +13,8 @@ Definitions (all on a 0–1 scale, higher is better):
 
 Confidence intervals: percentile bootstrap over samples (Efron & Tibshirani 1993), BLEU recomputed from
 resampled corpus statistics. Paired comparison: paired bootstrap resampling (Koehn, 2004), two-sided p-value.
+Per-sample scores that may be undefined for a sample (grounding, the LLM judge) are summarised by
+``summarize_defined`` / ``paired_defined``: the same bootstrap over the samples where they are defined.
 Backends: ``auto`` (default) takes BLEU and ROUGE point values from ``evaluate``'s ``bleu`` and ``rouge`` modules
 when they load (hub or cache) and otherwise computes the same definitions offline (``builtin``); every result
 says which one it used (``metrics_backend``). ``evaluate`` insists on the hub modules; ``builtin`` never tries.
@@ -177,16 +179,71 @@ def paired_bootstrap(a: dict[str, np.ndarray], b: dict[str, np.ndarray], n_boot:
     Returns ``{metric: {"delta": b - a, "p_value": two-sided p, "ci95": [lo, hi] of the delta}}``; the p-value is
     ``2 * min(P(delta* <= 0), P(delta* >= 0))`` over resamples, capped at 1.
     """
-    if len(a["fuzzy_match"]) != len(b["fuzzy_match"]):
+    return paired_bootstrap_pooled([a], [b], n_boot, seed)
+
+
+def paired_bootstrap_pooled(a: list[dict[str, np.ndarray]], b: list[dict[str, np.ndarray]], n_boot: int = 1000,
+                            seed: int = 1309) -> dict[str, dict[str, float]]:
+    """``paired_bootstrap`` pooled over replicates: ``a[r]`` and ``b[r]`` are replicate ``r`` of each system (for
+    example trained with seed ``r``) on the same ``n`` test samples. A resample draws ``n`` test samples and takes
+    every replicate's answers to them, so the test sample stays the unit of resampling and every resample holds
+    all replicates (the seeds are not resampled: ``loganalyzer.replicates`` weighs them separately); each metric
+    is computed over the pooled ``R * n`` answers (BLEU from pooled statistics).
+    With one replicate this is ``paired_bootstrap``. Raises ValueError for different sample or replicate counts.
+    """
+    if len(a) != len(b) or not a:
+        raise ValueError(f"pooled paired bootstrap needs as many replicates of each system ({len(a)} vs {len(b)})")
+    n = len(a[0]["fuzzy_match"])
+    if any(len(x["fuzzy_match"]) != n for x in (*a, *b)):
         raise ValueError("paired bootstrap needs the same samples for both systems")
-    n = len(a["fuzzy_match"])
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    ra, rb = aggregate(a, idx), aggregate(b, idx)
-    pa, pb = aggregate(a), aggregate(b)
+    pool_a, pool_b = ({k: np.concatenate([x[k] for x in runs]) for k in runs[0]} for runs in (a, b))
+    rows = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    idx = (rows[:, None, :] + n * np.arange(len(a))[None, :, None]).reshape(n_boot, len(a) * n)
+    ra, rb = aggregate(pool_a, idx), aggregate(pool_b, idx)
+    pa, pb = aggregate(pool_a), aggregate(pool_b)
+    return {k: _delta(float(pb[k] - pa[k]), rb[k] - ra[k]) for k in METRICS}
+
+
+def _delta(delta: float, boot: np.ndarray) -> dict:
+    """``{delta, p_value, ci95}`` of a paired difference from its bootstrap distribution ``boot``: two-sided
+    ``p = 2 * min(P(d* <= 0), P(d* >= 0))`` capped at 1, percentile 95% CI."""
+    p = min(1.0, 2 * min(float((boot <= 0).mean()), float((boot >= 0).mean())))
+    return {"delta": delta, "p_value": p, "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}
+
+
+def summarize_defined(scores: dict[str, np.ndarray], names: tuple[str, ...], n_boot: int = 1000,
+                      seed: int = 1309) -> dict:
+    """Means of per-sample scores that are NaN where undefined, with percentile-bootstrap 95% CIs over the
+    defined samples: ``{name: mean | None, name + "_ci95": [lo, hi] | None, name + "_n": samples defined}``."""
+    out: dict = {}
+    for k in names:
+        x = np.asarray(scores[k], dtype=float)
+        v = x[~np.isnan(x)]
+        out[k + "_n"] = len(v)
+        if not len(v):
+            out[k], out[k + "_ci95"] = None, None
+            continue
+        boot = v[np.random.default_rng(seed).integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
+        out[k] = float(v.mean())
+        out[k + "_ci95"] = [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
+    return out
+
+
+def paired_defined(a: dict[str, np.ndarray], b: dict[str, np.ndarray], names: tuple[str, ...],
+                   n_boot: int = 1000, seed: int = 1309) -> dict:
+    """Paired bootstrap of ``b`` vs ``a`` per score over the samples where both are defined (not NaN):
+    ``{name: {"delta", "p_value", "ci95", "n"}}``, p two-sided as in ``paired_bootstrap``; ``None`` values when no
+    sample has both. Raises ValueError when ``a`` and ``b`` have different lengths."""
     out = {}
-    for k in METRICS:
-        d = rb[k] - ra[k]
-        p = min(1.0, 2 * min(float((d <= 0).mean()), float((d >= 0).mean())))
-        out[k] = {"delta": float(pb[k] - pa[k]), "p_value": p,
-                  "ci95": [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))]}
+    for k in names:
+        x, y = np.asarray(a[k], dtype=float), np.asarray(b[k], dtype=float)
+        if x.shape != y.shape:
+            raise ValueError(f"{k}: paired samples differ in number ({len(x)} vs {len(y)})")
+        both = ~np.isnan(x) & ~np.isnan(y)
+        if not both.any():
+            out[k] = {"delta": None, "p_value": None, "ci95": None, "n": 0}
+            continue
+        d = y[both] - x[both]
+        boot = d[np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+        out[k] = {**_delta(float(d.mean()), boot), "n": int(both.sum())}
     return out

@@ -116,22 +116,29 @@ def parse_arguments(pairs: list[str], pipeline_func) -> dict:
 # the stage that reads them fails.
 CHECKED_PARAMETERS = {"serve_deployment_mode": ("loganalyzer.deploy", "DeployConfig", "deployment_mode"),
                       "sft_engine": ("loganalyzer.launch", "LaunchConfig", "engine"),
-                      "redact_mode": ("loganalyzer.synthesize", "SynthesizeConfig", "redact")}
+                      "redact_mode": ("loganalyzer.synthesize", "SynthesizeConfig", "redact"),
+                      "replicates": ("loganalyzer.demo", "DemoConfig", "replicates")}
 
 
 def check_values(args: dict) -> None:
-    """Validate the values of ``CHECKED_PARAMETERS`` against their stage config fields; raise ConfigError."""
+    """Validate the values of ``CHECKED_PARAMETERS`` against their stage config fields (type and constraints,
+    such as ``replicates >= 1``) and the judge's endpoint/model pair; raise ConfigError."""
     import importlib
+    from typing import Annotated
 
     from pydantic import TypeAdapter, ValidationError
 
     for key, (module, model, field) in CHECKED_PARAMETERS.items():
         if key in args:
-            annotation = getattr(importlib.import_module(module), model).model_fields[field].annotation
+            info = getattr(importlib.import_module(module), model).model_fields[field]
+            typ = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
             try:
-                TypeAdapter(annotation).validate_python(args[key])
+                TypeAdapter(typ).validate_python(args[key])
             except ValidationError as exc:
                 raise ConfigError(f"pipeline parameter {key}={args[key]!r}: {exc.errors()[0]['msg']}") from None
+    if bool(args.get("judge_endpoint")) != bool(args.get("judge_model")):
+        raise ConfigError("pipeline parameters judge_endpoint and judge_model go together: give both, or neither "
+                          "for no LLM judge")
 
 
 def _value(raw: str):
@@ -266,10 +273,14 @@ def main(argv: list[str] | None = None) -> None:
         print(run(args.host, args.experiment, args.arguments, args.namespace, args.image_registry,
                   run_name=args.run_name, service_account=args.service_account, kfp_namespace=args.kfp_namespace,
                   token=args.token, tag=args.tag))
+    except ConfigError:
+        raise
     except Exception as exc:  # the KFP API's errors (unreachable host, 4xx/5xx) end the command, not a traceback
         print(f"error: could not start the run on {args.host}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
-    main()
+    from loganalyzer.cli import entry
+
+    entry(main)

@@ -534,6 +534,16 @@ def is_loopback(url: str) -> bool:
         return False
 
 
+def redact_together(items: list[list[str]], pii_entities: list[str], where: str) -> tuple[list[list[str]], dict]:
+    """Each item's texts redacted in order with one ``Redactor`` (one pseudonym space for all items: a value reads
+    the same wherever it recurs); returns the texts and the counts per entity type, and logs them for ``where``."""
+    redactor = Redactor(pii_entities)
+    out = [[redactor.redact(text)[0] for text in item] for item in items]
+    counts = dict(sorted(redactor.counts.items()))
+    log.info("redacted before sending to %s: %s", where, describe(counts) or "nothing to replace")
+    return out, counts
+
+
 def redaction_active(mode: RedactMode, endpoint: str, what: str) -> bool:
     """Whether texts sent to ``endpoint`` are redacted under ``mode`` (see ``REDACT_MODE_HELP``); ``off``
     toward an endpoint that is not on loopback logs a warning naming it. ``what`` names the sender in logs."""
@@ -638,4 +648,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from loganalyzer.cli import entry
+
+    entry(main)

@@ -62,11 +62,17 @@ def finish(parent_run_id: str, tracking_uri: str, experiment: str, report_file: 
     if enabled() and parent_run_id:
         report = json.loads(Path(report_file).read_text())
         client = mlflow.tracking.MlflowClient()
-        for name, value in numeric({m: {k: v for k, v in r.items() if k != "per_task"}
-                                    for m, r in report.items()}).items():
+        for name, value in numeric(_summary_only(report)).items():
             client.log_metric(parent_run_id, name, value)
         client.log_artifact(parent_run_id, report_file)
     end_parent(parent_run_id)
+
+
+def _summary_only(d: dict) -> dict:
+    """The report without its per-task tables and redaction counts, at any depth: the parent run's metrics are the
+    scores (task names come from published test sets and may hold characters MLflow refuses in a metric name)."""
+    return {k: _summary_only(v) if isinstance(v, dict) else v for k, v in d.items()
+            if k not in ("per_task", "redaction")}
 
 
 def chunk(logs: list[str], run_dir: str, max_chunks_per_file: int, seed: int, min_lines: int = 50,
@@ -109,9 +115,9 @@ def teacher_kind(teacher: str, teacher_base_url: str) -> str:
 
 def teacher_endpoint(teacher: str, teacher_base_url: str) -> str:
     """Where the teacher's requests go: the LLM endpoint (default OpenAI), or '' for the in-process teacher."""
-    from loganalyzer.synthesize import DEFAULT_BASE_URL
+    from loganalyzer.openai_api import OPENAI_BASE_URL
 
-    return teacher_base_url or DEFAULT_BASE_URL if teacher_kind(teacher, teacher_base_url) == "llm" else ""
+    return teacher_base_url or OPENAI_BASE_URL if teacher_kind(teacher, teacher_base_url) == "llm" else ""
 
 
 def redact(*, chunks: str, run_dir: str, mode: str, teacher: str, teacher_base_url: str) -> str:
@@ -120,11 +126,11 @@ def redact(*, chunks: str, run_dir: str, mode: str, teacher: str, teacher_base_u
 
     This task does not hold the teacher's key, so ``teacher: auto`` without a URL counts as the default external
     endpoint: in doubt, redact (synthesize may then find the key and send the chunks to OpenAI)."""
+    from loganalyzer.openai_api import OPENAI_BASE_URL
     from loganalyzer.redact import RedactConfig, redaction_active, run
-    from loganalyzer.synthesize import DEFAULT_BASE_URL
 
     teacher_kind(teacher, teacher_base_url)  # validates the name
-    endpoint = "" if teacher == "grounded" else teacher_base_url or DEFAULT_BASE_URL
+    endpoint = "" if teacher == "grounded" else teacher_base_url or OPENAI_BASE_URL
     if not redaction_active(mode, endpoint, "redact"):
         log.info("redact (%s): nothing leaves for an external endpoint; the chunks go on as they are", mode)
         return chunks
@@ -159,13 +165,40 @@ def build_datasets(chunks: str, synth: str, run_dir: str, tokenizer: str, nlplog
     return str(out)
 
 
-def train(recipe: str, model: str, train_file: str, eval_file: str, output_dir: str, overrides: dict) -> str:
-    """Run a recipe in this process with the step's paths (and ``overrides``) set; return the model dir."""
+def replicate_runs(name: str, model: str, datasets: str, models_dir: str, job_prefix: str, seed: int,
+                   replicates: int, parent_run_id: str) -> list[dict]:
+    """The replicates of one SFT (``name``: ``sft`` or ``cpt_sft``) of a pipeline run, one fully specified
+    training run each: ``[{seed, model, train_file, eval_file, output_dir, job, parent_run_id}]`` with seeds
+    ``seed, seed + 1, ...``. One replicate keeps the plain names (``models_dir/sft``, job ``<prefix>-sft``); more
+    get ``_seed<N>`` and ``-s<N>``. Raises ConfigError for ``replicates < 1``."""
+    from loganalyzer.config import ConfigError
+
+    if replicates < 1:
+        raise ConfigError(f"replicates={replicates}: train at least one replicate (replicates >= 1)")
+    runs = []
+    for s in range(seed, seed + replicates):
+        dir_tag, job_tag = (f"_seed{s}", f"-s{s}") if replicates > 1 else ("", "")
+        runs.append({"seed": s, "model": model, "train_file": f"{datasets}/sft_train.jsonl",
+                     "eval_file": f"{datasets}/sft_val.jsonl", "output_dir": f"{models_dir}/{name}{dir_tag}",
+                     "job": f"{job_prefix}-{name.replace('_', '-')}{job_tag}", "parent_run_id": parent_run_id})
+    return runs
+
+
+def train(recipe: str, model: str, train_file: str, eval_file: str, output_dir: str, overrides: dict,
+          seed: int, register_as: str = "") -> str:
+    """Run a recipe in this process with the step's paths and ``seed`` (over ``overrides``); return the model
+    dir. ``register_as``: the MLflow registered model it becomes a version of (``loganalyzer.registry``)."""
     from loganalyzer.config import config_file, load_yaml
+    from loganalyzer.registry import needs_remote_source
     from loganalyzer.train import TrainConfig, run
 
+    if register_as and needs_remote_source(None):
+        log.warning("train %s: not registered as %s: the MLflow server refuses a local path as a version's source "
+                    "(the cluster target registers pvc:// sources)", output_dir, register_as)
+        register_as = ""
     values = {**load_yaml(config_file(recipe)), **overrides, "model_name_or_path": model,
-              "train_file": train_file, "output_dir": output_dir}
+              "train_file": train_file, "output_dir": output_dir, "seed": seed,
+              "register_as": register_as or None, "register_tags": {"recipe": recipe}}
     if eval_file:
         values["eval_file"] = eval_file
     else:
@@ -174,12 +207,26 @@ def train(recipe: str, model: str, train_file: str, eval_file: str, output_dir: 
     return output_dir
 
 
-def evaluate(test: str, models: dict[str, str], run_dir: str, max_new_tokens: int, limit: int) -> dict:
+def in_seed_order(collected: list[str], runs: list[dict]) -> list[str]:
+    """The model dirs a ParallelFor collected (in no guaranteed order), in ``replicate_runs``' seed order.
+    Raises RuntimeError when they are not the dirs of ``runs``."""
+    ordered = [r["output_dir"] for r in runs]
+    if sorted(collected) != sorted(ordered):
+        raise RuntimeError(f"trained model dirs {sorted(collected)} are not the replicates' dirs {ordered}")
+    return ordered
+
+
+def evaluate(test: str, models: dict[str, list[str]], run_dir: str, max_new_tokens: int, limit: int,
+             judge_endpoint: str = "", judge_model: str = "") -> dict:
+    """``loganalyzer evaluate`` of every model dir (several for a model: its replicates, first the one with the
+    pipeline's seed) on ``test``; the report's dir is ``run_dir/eval``. A judge runs when ``judge_endpoint``
+    is set."""
     from loganalyzer.evaluate import EvaluateConfig, run
 
-    return run(EvaluateConfig(test=test, models=[f"{k}={v}" for k, v in models.items()],
+    return run(EvaluateConfig(test=test, models=[f"{k}={d}" for k, dirs in models.items() for d in dirs],
                               out=str(Path(run_dir) / "eval"), max_new_tokens=max_new_tokens,
-                              limit=limit or None))
+                              limit=limit or None, judge_endpoint=judge_endpoint or None,
+                              judge_model=judge_model or None))
 
 
 
@@ -189,10 +236,17 @@ def _namespace(namespace: str) -> str:
     return namespace or (own.read_text().strip() if own.is_file() else "loganalyzer")
 
 
+def pvc_uri(path: str, models_pvc: str, models_root: str) -> str:
+    """``pvc://<models_pvc>/<path relative to models_root>``: how KServe and the registry name a model dir."""
+    return f"pvc://{models_pvc}/{Path(path).relative_to(models_root)}"
+
+
 def launch_training(name: str, recipe: str, model: str, train_file: str, eval_file: str, output_dir: str,
-                    overrides: dict, image: str, nodes: int, nproc_per_node: int, namespace: str,
-                    engine: str = "pytorchjob") -> str:
-    """Run a recipe as a PyTorchJob or RayJob (``loganalyzer.launch``) with the step's paths; return the model dir.
+                    overrides: dict, seed: int, image: str, nodes: int, nproc_per_node: int, namespace: str,
+                    engine: str = "pytorchjob", register_as: str = "", models_pvc: str = "",
+                    models_root: str = "") -> str:
+    """Run a recipe as a PyTorchJob or RayJob (``loganalyzer.launch``) with the step's paths and ``seed``; return
+    the model dir. With ``register_as`` the model is registered with ``pvc_uri`` of ``output_dir`` as source.
 
     The trainer pods get the same MLflow settings and parent run id as this step, so their stage run nests
     under the pipeline's parent run.
@@ -202,7 +256,13 @@ def launch_training(name: str, recipe: str, model: str, train_file: str, eval_fi
 
     args = [f"model_name_or_path={model}", f"train_file={train_file}", f"output_dir={output_dir}",
             *([f"eval_file={eval_file}"] if eval_file else []),
-            *(f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in overrides.items())]
+            *(f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in overrides.items()),
+            f"seed={seed}", f"register_tags={json.dumps({'recipe': recipe})}"]
+    if register_as and not Path(output_dir).is_relative_to(models_root):
+        log.warning("%s: not registered as %s: %s is not on the models PVC (%s), so it has no pvc:// source", name,
+                    register_as, output_dir, models_root)
+    elif register_as:
+        args += [f"register_as={register_as}", f"storage_uri={pvc_uri(output_dir, models_pvc, models_root)}"]
     env = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", PARENT_ENV)
            if os.environ.get(k)}
     run(LaunchConfig(name=name, recipe=recipe, args=args, image=image, nodes=nodes, nproc_per_node=nproc_per_node,
@@ -219,7 +279,7 @@ def deploy(name: str, model_dir: str, models_pvc: str, models_root: str, namespa
     from loganalyzer.train import ADAPTER_DIR
 
     def uri(path: str) -> str:
-        return f"pvc://{models_pvc}/{Path(path).relative_to(models_root)}"
+        return pvc_uri(path, models_pvc, models_root)
 
     common = dict(name=name, namespace=_namespace(namespace), deployment_mode=deployment_mode)
     if lora_base_dir:

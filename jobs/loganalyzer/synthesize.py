@@ -18,8 +18,7 @@ Redaction (``loganalyzer.redact``): with ``redact: auto`` (default) every chunk 
 IPs / e-mails / card numbers pseudonymised consistently over the run) before it is sent to an endpoint that is
 not on loopback; ``on`` always, ``off`` never (with a warning naming an external endpoint).
 
-HTTP retries (429, 408, 409, 5xx, connection errors, timeouts) are the ``openai`` client's: exponential
-backoff with jitter, honouring ``Retry-After``; ``max_retries`` sets how many. Resumable: records are appended
+HTTP retries and re-asks after invalid replies: ``loganalyzer.openai_api``. Resumable: records are appended
 and flushed one by one, a rerun skips every key already in ``records.jsonl`` (a torn last line from a
 ``kill -9`` is cut off first) and retries the rest, so nothing is lost or duplicated.
 """
@@ -31,7 +30,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import sys
 import threading
 import time
@@ -39,18 +37,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
 from pydantic import Field, field_validator
 
 from loganalyzer.config import ConfigError, parse_config
 from loganalyzer.io import JsonlWriter, read_jsonl
+from loganalyzer.openai_api import OPENAI_BASE_URL, InvalidReply, ask_validated, async_client, parse_json_reply
 from loganalyzer.prompts import ALL_TASKS, load_prompts
 from loganalyzer.redact import RedactionSettings
 
 log = logging.getLogger("loganalyzer.synthesize")
-
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
-
 
 class SynthesizeConfig(RedactionSettings):
     """Generate summary / root-cause / patterns / halves / conversation / NLPLog Q&A data with a teacher LLM."""
@@ -61,7 +56,7 @@ class SynthesizeConfig(RedactionSettings):
     teacher: Literal["llm", "grounded"] = Field(
         "llm", description="llm: the model at base_url; grounded: the offline Drain3-profile teacher (not an LLM; "
                            "base_url, model and the sampling settings are then unused)")
-    base_url: str = Field(DEFAULT_BASE_URL, description="OpenAI-compatible endpoint (…/v1)")
+    base_url: str = Field(OPENAI_BASE_URL, description="OpenAI-compatible endpoint (…/v1)")
     model: str = Field("gpt-4o-mini", description="teacher model name")
     concurrency: int = Field(16, ge=1, description="requests in flight")
     temperature: float = Field(0.7, ge=0)
@@ -89,21 +84,6 @@ class SynthesizeConfig(RedactionSettings):
         return v
 
 
-class InvalidReply(ValueError):
-    """The teacher answered, but the reply does not satisfy the task's format."""
-
-
-_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.S)
-
-
-def _parse_json(text: str) -> Any:
-    m = _FENCE.match(text)
-    try:
-        return json.loads(m.group(1) if m else text)
-    except json.JSONDecodeError as exc:
-        raise InvalidReply(f"malformed_json: {exc.msg} at char {exc.pos}") from None
-
-
 def validate_reply(task: str, text: str, chunk: dict, cfg: SynthesizeConfig) -> Any:
     """Return the record's ``output`` for a teacher reply, or raise InvalidReply with a reason.
 
@@ -116,7 +96,7 @@ def validate_reply(task: str, text: str, chunk: dict, cfg: SynthesizeConfig) -> 
     if not text:
         raise InvalidReply("empty_reply")
     if task == "conversation":
-        data = _parse_json(text)
+        data = parse_json_reply(text)
         msgs = data.get("messages") if isinstance(data, dict) else data
         if not isinstance(msgs, list):
             raise InvalidReply("bad_schema: expected {'messages': [...]}")
@@ -133,7 +113,7 @@ def validate_reply(task: str, text: str, chunk: dict, cfg: SynthesizeConfig) -> 
             out.append({"role": role, "content": content.strip()})
         return out
     if task == "nlplog_qa":
-        data = _parse_json(text)
+        data = parse_json_reply(text)
         recs = data.get("records") if isinstance(data, dict) else data
         if not isinstance(recs, list) or not recs:
             raise InvalidReply("bad_schema: expected {'records': [...]} with at least one record")
@@ -179,29 +159,8 @@ def done_keys(records_path: Path) -> set[tuple[str, str, str]]:
     return {(r["chunk_id"], r["task"], r["model"]) for r in read_jsonl(records_path)}
 
 
-def make_client(cfg: SynthesizeConfig):
-    """An ``openai.AsyncOpenAI`` for ``cfg.base_url``; the key comes from ``OPENAI_API_KEY``.
-
-    Raises ConfigError when the OpenAI API itself is the endpoint and no key is set. Local endpoints get a
-    placeholder key (OpenAI-compatible servers such as vLLM or ``transformers serve`` ignore it).
-    """
-    from openai import AsyncOpenAI, DefaultAioHttpClient
-
-    key = os.environ.get("OPENAI_API_KEY")
-    if not key:
-        if cfg.base_url.rstrip("/") == DEFAULT_BASE_URL:
-            raise ConfigError("OPENAI_API_KEY is not set; set it, or point --base-url at another endpoint")
-        key = "not-needed"
-    # aiohttp transport: the SDK's documented choice for high concurrency (its default pool scans every
-    # connection per request, which costs more CPU than the request itself at concurrency 64).
-    return AsyncOpenAI(base_url=cfg.base_url, api_key=key, timeout=cfg.timeout, max_retries=cfg.max_retries,
-                       http_client=DefaultAioHttpClient(timeout=cfg.timeout))
-
-
 async def _ask(client, cfg: SynthesizeConfig, task: str, chunk: dict) -> dict:
     """One item: ask (and re-ask after invalid replies); return a record or a reject row."""
-    import openai
-
     prompts = load_prompts()
     messages = prompts.teacher_messages(task, chunk["content"], cfg.conversation_turns, cfg.nlplog_items)
     body: dict[str, Any] = {"model": cfg.model, "messages": messages, "temperature": cfg.temperature,
@@ -209,33 +168,13 @@ async def _ask(client, cfg: SynthesizeConfig, task: str, chunk: dict) -> dict:
     if cfg.json_mode and prompts.tasks[task]["format"] == "json":
         body["response_format"] = {"type": "json_object"}
     base = {"chunk_id": chunk["id"], "task": task, "model": cfg.model}
-    reason = ""
-    for attempt in range(cfg.validation_retries + 1):
-        t0 = time.perf_counter()
-        try:
-            # The SDK's documented raw `post`: its retries and Retry-After handling, without the per-request
-            # params transform and response model building that cost ~3 ms of CPU a request.
-            data = orjson.loads(await client.post("/chat/completions", cast_to=bytes, body=body))
-            text = data["choices"][0]["message"]["content"] if data.get("choices") else ""
-        except openai.APIStatusError as exc:
-            reason = f"http_{exc.status_code}: {str(exc)[:200]}"
-            continue
-        except (openai.APIConnectionError, openai.APIResponseValidationError) as exc:
-            reason = f"{type(exc).__name__}: {str(exc)[:200]}"
-            continue
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            reason = f"bad_response_body: {type(exc).__name__} {str(exc)[:100]}"
-            continue
-        try:
-            output = validate_reply(task, text, chunk, cfg)
-        except InvalidReply as exc:
-            reason = str(exc)
-            continue
-        usage = data.get("usage")
-        return {**base, "system": chunk.get("system", ""), "output": output, "log_sha256": log_sha256(chunk),
-                "prompt_version": prompts.version, "attempts": attempt + 1, "usage": usage,
-                "latency_s": round(time.perf_counter() - t0, 3)}
-    return {**base, "reason": reason, "attempts": cfg.validation_retries + 1, "rejected": True}
+    reply = await ask_validated(client, body, lambda text: validate_reply(task, text, chunk, cfg),
+                                cfg.validation_retries)
+    if not reply.ok:
+        return {**base, "reason": reply.reason, "attempts": reply.attempts, "rejected": True}
+    return {**base, "system": chunk.get("system", ""), "output": reply.value, "log_sha256": log_sha256(chunk),
+            "prompt_version": prompts.version, "attempts": reply.attempts, "usage": reply.usage,
+            "latency_s": reply.latency_s}
 
 
 def _ask_grounded(cfg: SynthesizeConfig, task: str, chunk: dict) -> dict:
@@ -333,7 +272,7 @@ async def _run_async(cfg: SynthesizeConfig, chunks: list[dict], todo, redaction:
     on every rerun) while earlier requests are in flight, so redaction stays off the critical path."""
     from tqdm.asyncio import tqdm
 
-    client = make_client(cfg)
+    client = async_client(cfg.base_url, cfg.timeout, cfg.max_retries)
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     n_workers = min(cfg.concurrency, max(1, total))
@@ -435,4 +374,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from loganalyzer.cli import entry
+
+    entry(main)

@@ -96,6 +96,13 @@ class TrainConfig(StageConfig):
     dataset_num_proc: int | None = Field(None, ge=1, description="processes for tokenizing/packing the data")
     report_to: list[str] = Field(["mlflow"], description="trainer integrations (mlflow, tensorboard, none)")
     run_name: str | None = None
+    # Model registry (loganalyzer.registry; needs MLflow tracking)
+    register_as: str | None = Field(None, description="register the saved model as a new version of this MLflow "
+                                                      "registered model, with its lineage")
+    storage_uri: str | None = Field(None, description="the version's source: where serving reads output_dir "
+                                                      "(pvc://<claim>/<path>, s3://...); default output_dir as "
+                                                      "file://, which only a local MLflow store accepts")
+    register_tags: dict[str, str] = Field({}, description="more tags on the registered version (e.g. the recipe)")
     # Engine: who starts the ranks
     engine: Literal["torchrun", "ray"] = Field(
         "torchrun", description="torchrun: this process is one rank (1 process, torchrun or a PyTorchJob); "
@@ -491,6 +498,7 @@ def run(cfg: TrainConfig) -> dict:
     from loganalyzer.tracking import stage_run
 
     cfg = effective(cfg)
+    check_registration(cfg)
     log.info("train %s: bf16=%s, weights %s, attention %s, liger %s", cfg.mode, cfg.bf16, cfg.model_dtype,
              cfg.attn_implementation, cfg.use_liger_kernel)
     with stage_run(f"train-{cfg.mode}", cfg.model_dump(), system_metrics=True) as tracker:
@@ -503,8 +511,48 @@ def run(cfg: TrainConfig) -> dict:
         tracker.log_metrics(metrics)
         if trainer.is_world_process_zero():
             tracker.log_artifact(plot_loss(trainer.state.log_history, out / "loss_curve.png"))
+            if cfg.register_as and tracker.active:
+                try:
+                    register_model(cfg, out, tracker.run_id)
+                except Exception as exc:  # the model is saved; the run must not fail for its registry entry
+                    log.error("train: the model at %s was saved but not registered as %s (%s: %s); register it "
+                              "later with mlflow's create_model_version", out, cfg.register_as,
+                              type(exc).__name__, exc)
     log.info("train %s done -> %s %s", cfg.mode, out, metrics)
     return metrics
+
+
+def check_registration(cfg: TrainConfig) -> None:
+    """Before training: a registration that would be refused at the end is a config error now, and a registry
+    record an earlier run left in ``output_dir`` goes (``evaluate`` would tag that old version otherwise)."""
+    from loganalyzer.registry import RECORD, needs_remote_source
+    from loganalyzer.tracking import enabled
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    (Path(cfg.output_dir) / RECORD).unlink(missing_ok=True)
+    if not cfg.register_as:
+        return
+    if not enabled():
+        log.warning("register_as=%s: MLFLOW_TRACKING_URI is not set, so the model will not be registered",
+                    cfg.register_as)
+    elif needs_remote_source(cfg.storage_uri):
+        raise ConfigError(f"register_as={cfg.register_as}: an MLflow server refuses a local path as the version's "
+                          "source; set storage_uri to where serving reads output_dir (pvc://<claim>/<path>, s3://...)")
+
+
+def register_model(cfg: TrainConfig, out: Path, run_id: str) -> dict:
+    """Register the saved model (``loganalyzer.registry.register``) with the run's lineage."""
+    import mlflow
+
+    from loganalyzer.registry import register
+    from loganalyzer.tracking import KFP_RUN_TAG, PARENT_ENV
+
+    parent = os.environ.get(PARENT_ENV, "")
+    lineage = {"base_model": cfg.model_name_or_path, "train_file": cfg.train_file, "eval_file": cfg.eval_file,
+               "mode": cfg.mode, "seed": cfg.seed, "output_dir": str(out.resolve()), "parent_run_id": parent,
+               KFP_RUN_TAG: mlflow.get_run(run_id).data.tags.get(KFP_RUN_TAG, "")}
+    return register(cfg.register_as, out, cfg.storage_uri, run_id, lineage, cfg.register_tags)
 
 
 # What a Ray worker needs from the driver's environment (a remote Ray cluster does not inherit it).
@@ -595,4 +643,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from loganalyzer.cli import entry
+
+    entry(main)

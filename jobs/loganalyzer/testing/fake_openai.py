@@ -1,7 +1,8 @@
 """A loopback OpenAI-compatible chat server with deterministic fault injection, for tests and benchmarks.
 
 ``POST /v1/chat/completions`` answers each task's prompt with a valid reply (a text analysis, a conversation of
-the requested length, or NLPLog records quoting a real line of the log), after ``latency_s``. Faults are keyed
+the requested length, NLPLog records quoting a real line of the log, or for the judge's rubric a verdict whose
+three scores are ``1 + round(4 * difflib ratio(answer, reference))``), after ``latency_s``. Faults are keyed
 by the request's prompt: attempt ``n`` of a prompt gets ``plan[n]`` of the fault plan chosen for it
 (``schedule[hash(prompt) % len(schedule)]``), then succeeds. Faults: ``429`` (with ``Retry-After-Ms``), ``500``,
 ``timeout`` (sleeps ``timeout_sleep_s`` before answering), ``malformed`` (invalid JSON content for JSON tasks,
@@ -14,6 +15,7 @@ Not for production: it exists so that retries, validation and resume are tested 
 from __future__ import annotations
 
 import asyncio
+import difflib
 import hashlib
 import json
 import re
@@ -26,6 +28,12 @@ DEFAULT_SCHEDULE: list[list[str]] = [[], ["429"], ["500", "500"], ["timeout"], [
 
 
 def _reply_for(prompt: str) -> str:
+    if _JUDGED in prompt:  # the judge's rubric (loganalyzer.judge): scores from the answer's likeness to the reference
+        head, answer = prompt.rsplit(_JUDGED, 1)
+        reference = head.rsplit("### Reference answer\n", 1)[-1]
+        score = 1 + round(4 * difflib.SequenceMatcher(None, answer.strip(), reference.strip()).ratio())
+        return json.dumps({"correctness": score, "completeness": score, "grounding": score,
+                           "rationale": "fake judge: scored by likeness to the reference"})
     log_part = prompt.split("Log content:\n\n", 1)[-1]
     lines = [ln for ln in log_part.split("\n") if ln.strip()] or ["(empty)"]
     if '{"messages"' in prompt:
@@ -42,6 +50,7 @@ def _reply_for(prompt: str) -> str:
             f"It ends with: {lines[-1][:100]}.")
 
 
+_JUDGED = "### Answer to grade\n"
 _REASONS = {200: "OK", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error"}
 
 

@@ -28,6 +28,16 @@ from typing import NamedTuple
 from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Markdown, Metrics, Output
 
+# Each stage's defaults have one home, its config model; the pipeline's parameters take theirs from there (read
+# when the pipeline is built; the components' bodies run in the task's own process and import only what they use).
+from loganalyzer.build_datasets import BuildDatasetsConfig
+from loganalyzer.chunk import ChunkConfig
+from loganalyzer.config import SEED
+from loganalyzer.deploy import DeployConfig
+from loganalyzer.evaluate import EvaluateConfig
+from loganalyzer.launch import LaunchConfig
+from loganalyzer.synthesize import SynthesizeConfig
+
 # The images holding the loganalyzer package (`make images`); the local runner ignores them. Without a registry
 # the cluster's nodes would pull `loganalyzer-jobs` from Docker Hub's library: the committed YAML names a
 # placeholder registry that `make deploy IMAGE_REGISTRY=...` compiles away, and `pipeline run` refuses it.
@@ -59,7 +69,8 @@ component = functools.partial(dsl.component, install_kfp_package=False)
 def start(run_name: str, params: dict, tracking_uri: str, experiment: str, kfp_run_id: str) -> str:
     from loganalyzer import steps
 
-    return steps.start(run_name, params, tracking_uri, experiment, kfp_run_id)
+    return steps.start(run_name=run_name, params=params, tracking_uri=tracking_uri, experiment=experiment,
+                       kfp_run_id=kfp_run_id)
 
 
 @component(base_image=JOBS_IMAGE)
@@ -69,8 +80,8 @@ def paths(run_dir: str, run_id: str, data_root: str,
 
     from loganalyzer import steps
 
-    return namedtuple("Paths", "run_dir models_dir job_prefix")(*steps.paths(run_dir, run_id, data_root,
-                                                                              models_root))
+    return namedtuple("Paths", "run_dir models_dir job_prefix")(*steps.paths(
+        run_dir=run_dir, run_id=run_id, data_root=data_root, models_root=models_root))
 
 
 @component(base_image=JOBS_IMAGE)
@@ -78,16 +89,17 @@ def chunk(logs: list, run_dir: str, max_chunks_per_file: int, seed: int, min_lin
           tracking_uri: str, experiment: str, parent_run_id: str) -> str:
     from loganalyzer import steps
 
-    steps.use_tracking(tracking_uri, experiment, parent_run_id)
-    return steps.chunk(logs, run_dir, max_chunks_per_file, seed, min_lines, max_lines)
+    steps.use_tracking(tracking_uri=tracking_uri, experiment=experiment, parent_run_id=parent_run_id)
+    return steps.chunk(logs=logs, run_dir=run_dir, max_chunks_per_file=max_chunks_per_file, seed=seed,
+                       min_lines=min_lines, max_lines=max_lines)
 
 
 @component(base_image=JOBS_IMAGE)
 def base_model(base_model: str, run_dir: str, chunks: str) -> str:
     from loganalyzer import steps
 
-    steps.use_tracking("", "", "")
-    return steps.base_model(base_model, run_dir, chunks)
+    steps.use_tracking(tracking_uri="", experiment="", parent_run_id="")
+    return steps.base_model(base_model=base_model, run_dir=run_dir, chunks=chunks)
 
 
 @component(base_image=JOBS_IMAGE)
@@ -95,7 +107,7 @@ def redact(chunks: str, run_dir: str, mode: str, teacher: str, teacher_base_url:
            experiment: str, parent_run_id: str) -> str:
     from loganalyzer import steps
 
-    steps.use_tracking(tracking_uri, experiment, parent_run_id)
+    steps.use_tracking(tracking_uri=tracking_uri, experiment=experiment, parent_run_id=parent_run_id)
     return steps.redact(chunks=chunks, run_dir=run_dir, mode=mode, teacher=teacher, teacher_base_url=teacher_base_url)
 
 
@@ -105,9 +117,10 @@ def synthesize(chunks: str, run_dir: str, teacher: str, teacher_base_url: str, t
                parent_run_id: str) -> str:
     from loganalyzer import steps
 
-    steps.use_tracking(tracking_uri, experiment, parent_run_id)
-    return steps.synthesize(chunks, run_dir, teacher, teacher_base_url, teacher_model, tasks, concurrency,
-                            max_tokens, limit, redact=redact)
+    steps.use_tracking(tracking_uri=tracking_uri, experiment=experiment, parent_run_id=parent_run_id)
+    return steps.synthesize(chunks=chunks, run_dir=run_dir, teacher=teacher, teacher_base_url=teacher_base_url,
+                            teacher_model=teacher_model, tasks=tasks, concurrency=concurrency,
+                            max_tokens=max_tokens, limit=limit, redact=redact)
 
 
 @component(base_image=JOBS_IMAGE)
@@ -116,9 +129,10 @@ def build_datasets(chunks: str, synth: str, run_dir: str, tokenizer: str, nlplog
                    parent_run_id: str) -> str:
     from loganalyzer import steps
 
-    steps.use_tracking(tracking_uri, experiment, parent_run_id)
-    return steps.build_datasets(chunks, synth, run_dir, tokenizer, nlplog, loghub_structured, val_size, test_size,
-                                max_seq_length)
+    steps.use_tracking(tracking_uri=tracking_uri, experiment=experiment, parent_run_id=parent_run_id)
+    return steps.build_datasets(chunks=chunks, synth=synth, run_dir=run_dir, tokenizer=tokenizer, nlplog=nlplog,
+                                loghub_structured=loghub_structured, val_size=val_size, test_size=test_size,
+                                max_seq_length=max_seq_length)
 
 
 @component(base_image=JOBS_IMAGE)
@@ -135,8 +149,9 @@ def train(recipe: str, model: str, train_file: str, eval_file: str, output_dir: 
           register_as: str, tracking_uri: str, experiment: str, parent_run_id: str) -> str:
     from loganalyzer import steps
 
-    steps.use_tracking(tracking_uri, experiment, parent_run_id)
-    return steps.train(recipe, model, train_file, eval_file, output_dir, overrides, seed, register_as=register_as)
+    steps.use_tracking(tracking_uri=tracking_uri, experiment=experiment, parent_run_id=parent_run_id)
+    return steps.train(recipe=recipe, model=model, train_file=train_file, eval_file=eval_file,
+                       output_dir=output_dir, overrides=overrides, seed=seed, register_as=register_as)
 
 
 @component(base_image=JOBS_IMAGE)
@@ -146,10 +161,12 @@ def launch_training(name: str, recipe: str, model: str, train_file: str, eval_fi
                     experiment: str, parent_run_id: str) -> str:
     from loganalyzer import steps
 
-    steps.use_tracking(tracking_uri, experiment, parent_run_id)
-    return steps.launch_training(name, recipe, model, train_file, eval_file, output_dir, overrides, seed, image,
-                                 nodes, nproc_per_node, namespace, engine, register_as=register_as,
-                                 models_pvc=models_pvc, models_root=models_root)
+    steps.use_tracking(tracking_uri=tracking_uri, experiment=experiment, parent_run_id=parent_run_id)
+    return steps.launch_training(name=name, recipe=recipe, model=model, train_file=train_file,
+                                 eval_file=eval_file, output_dir=output_dir, overrides=overrides, seed=seed,
+                                 image=image, nodes=nodes, nproc_per_node=nproc_per_node, namespace=namespace,
+                                 engine=engine, register_as=register_as, models_pvc=models_pvc,
+                                 models_root=models_root)
 
 
 @component(base_image=TRAIN_IMAGE)
@@ -164,11 +181,11 @@ def evaluate(test: str, base: str, sft: list, cpt_sft: list, sft_runs: list, cpt
     from loganalyzer.judge import CRITERIA
     from loganalyzer.metrics import METRICS
 
-    steps.use_tracking(tracking_uri, experiment, parent_run_id)
+    steps.use_tracking(tracking_uri=tracking_uri, experiment=experiment, parent_run_id=parent_run_id)
     models = {"base": [base], "sft": steps.in_seed_order(sft, sft_runs),
               "cpt_sft": steps.in_seed_order(cpt_sft, cpt_sft_runs)}
-    report = steps.evaluate(test, models, run_dir, max_new_tokens, limit, judge_endpoint=judge_endpoint,
-                            judge_model=judge_model)
+    report = steps.evaluate(test=test, models=models, run_dir=run_dir, max_new_tokens=max_new_tokens, limit=limit,
+                            judge_endpoint=judge_endpoint, judge_model=judge_model)
     for name in ("base", "sft", "cpt_sft"):  # KFP run comparison shows these side by side
         entry = report[name]
         for m in METRICS:  # with replicates: the mean over seeds (grounding and judge: the pipeline seed's model)
@@ -190,9 +207,10 @@ def deploy(name: str, replicates: list, models_pvc: str, models_root: str, names
            lora_base_dir: str, deployment_mode: str) -> str:
     from loganalyzer import steps
 
-    steps.use_tracking("", "", "")
+    steps.use_tracking(tracking_uri="", experiment="", parent_run_id="")
     model_dir = replicates[0]["output_dir"]  # the first replicate (seed = the pipeline's seed)
-    url = steps.deploy(name, model_dir, models_pvc, models_root, namespace, lora_base_dir if serve_lora else "",
+    url = steps.deploy(name=name, model_dir=model_dir, models_pvc=models_pvc, models_root=models_root,
+                       namespace=namespace, lora_base_dir=lora_base_dir if serve_lora else "",
                        deployment_mode=deployment_mode)
     print(f"inference URL: {url}")  # also the task's output, shown in the run's UI
     return url
@@ -202,7 +220,8 @@ def deploy(name: str, replicates: list, models_pvc: str, models_root: str, names
 def finish(parent_run_id: str, tracking_uri: str, experiment: str, report_file: str):
     from loganalyzer import steps
 
-    steps.finish(parent_run_id, tracking_uri, experiment, report_file)
+    steps.finish(parent_run_id=parent_run_id, tracking_uri=tracking_uri, experiment=experiment,
+                 report_file=report_file)
 
 
 def _on_cluster(task: dsl.PipelineTask, *secrets: tuple[str, dict]) -> dsl.PipelineTask:
@@ -230,40 +249,40 @@ def build(target: str = "local"):
         base_model_name: str = "meta-llama/Llama-3.1-8B-Instruct",
         teacher: str = "auto",
         teacher_base_url: str = "",
-        teacher_model: str = "gpt-4o-mini",
-        tasks: list = ["summarize", "root_cause", "find_patterns", "compare_halves", "conversation", "nlplog_qa"],
-        max_chunks_per_file: int = 300,
-        chunk_min_lines: int = 50,
-        chunk_max_lines: int = 150,
-        synth_limit: int = 0,
-        synth_concurrency: int = 16,
-        synth_max_tokens: int = 1024,
-        redact_mode: str = "auto",
-        nlplog: list = [],
-        loghub_structured: list = [],
-        val_size: int = 100,
-        test_size: int = 100,
-        max_seq_length: int = 8192,
+        teacher_model: str = SynthesizeConfig.default("model"),
+        tasks: list = SynthesizeConfig.default("tasks"),
+        max_chunks_per_file: int = 300,  # the seed's cap per log file (0: every chunk)
+        chunk_min_lines: int = ChunkConfig.default("min_lines"),
+        chunk_max_lines: int = ChunkConfig.default("max_lines"),
+        synth_limit: int = 0,  # 0: every chunk
+        synth_concurrency: int = SynthesizeConfig.default("concurrency"),
+        synth_max_tokens: int = SynthesizeConfig.default("max_tokens"),
+        redact_mode: str = SynthesizeConfig.default("redact"),
+        nlplog: list = BuildDatasetsConfig.default("nlplog"),
+        loghub_structured: list = BuildDatasetsConfig.default("loghub_structured"),
+        val_size: int = BuildDatasetsConfig.default("val_size"),
+        test_size: int = BuildDatasetsConfig.default("test_size"),
+        max_seq_length: int = BuildDatasetsConfig.default("max_seq_length"),
         cpt_recipe: str = "cpt_full_zero3",
         sft_recipe: str = "sft_lora",
         cpt_overrides: dict = {},
         sft_overrides: dict = {},
         cpt_nodes: int = 1,
-        cpt_nproc_per_node: int = 8,
+        cpt_nproc_per_node: int = LaunchConfig.default("nproc_per_node"),
         sft_nodes: int = 1,
         sft_nproc_per_node: int = 4,
-        sft_engine: str = "pytorchjob",
+        sft_engine: str = LaunchConfig.default("engine"),
         train_image: str = TRAIN_IMAGE,
         namespace: str = "",
         serve_name: str = "loganalyzer-chat",
         serve_lora: bool = False,
-        serve_deployment_mode: str = "Standard",
-        eval_max_new_tokens: int = 512,
-        eval_limit: int = 0,
+        serve_deployment_mode: str = DeployConfig.default("deployment_mode"),
+        eval_max_new_tokens: int = EvaluateConfig.default("max_new_tokens"),
+        eval_limit: int = 0,  # 0: every test sample
         judge_endpoint: str = "",
         judge_model: str = "",
         replicates: int = 1,
-        seed: int = 1309,
+        seed: int = SEED,
         tracking_uri: str = "http://loganalyzer-mlflow:5000" if cluster else "",
         experiment: str = "loganalyzer",
     ):
@@ -295,8 +314,8 @@ def build(target: str = "local"):
                                    test_size=test_size, max_seq_length=max_seq_length, parent_run_id=pid,
                                    **track), secrets=[HF_SECRET])
 
-        def trainer(name, job, output_dir, seed, recipe, model, train_file, eval_file, overrides, nodes, nproc,
-                    engine="pytorchjob", parent_run_id=pid):
+        def trainer(*, name, job, output_dir, seed, recipe, model, train_file, eval_file, overrides, nodes, nproc,
+                    engine, parent_run_id):
             # every trained model is a version of loganalyzer-<name> in the MLflow Model Registry
             common = dict(recipe=recipe, model=model, train_file=train_file, eval_file=eval_file,
                           output_dir=output_dir, overrides=overrides, seed=seed, register_as=f"loganalyzer-{name}",
@@ -315,13 +334,16 @@ def build(target: str = "local"):
             runs = task(replicate_runs(name=name, model=model, datasets=data.output, models_dir=mdir,
                                        job_prefix=prefix, seed=seed, replicates=replicates, parent_run_id=pid))
             with dsl.ParallelFor(runs.output) as run:
-                trained = trainer(name.replace("_", "-"), run.job, run.output_dir, run.seed, sft_recipe, run.model,
-                                  run.train_file, run.eval_file, sft_overrides, sft_nodes, sft_nproc_per_node,
-                                  sft_engine, parent_run_id=run.parent_run_id)
+                trained = trainer(name=name.replace("_", "-"), job=run.job, output_dir=run.output_dir,
+                                  seed=run.seed, recipe=sft_recipe, model=run.model, train_file=run.train_file,
+                                  eval_file=run.eval_file, overrides=sft_overrides, nodes=sft_nodes,
+                                  nproc=sft_nproc_per_node, engine=sft_engine, parent_run_id=run.parent_run_id)
             return runs, trained
 
-        cpt = trainer("cpt", f"{prefix}-cpt", f"{mdir}/cpt", seed, cpt_recipe, base.output,
-                      f"{data.output}/cpt_train.jsonl", "", cpt_overrides, cpt_nodes, cpt_nproc_per_node)
+        cpt = trainer(name="cpt", job=f"{prefix}-cpt", output_dir=f"{mdir}/cpt", seed=seed, recipe=cpt_recipe,
+                      model=base.output, train_file=f"{data.output}/cpt_train.jsonl", eval_file="",
+                      overrides=cpt_overrides, nodes=cpt_nodes, nproc=cpt_nproc_per_node, engine="pytorchjob",
+                      parent_run_id=pid)
         cpt_sft_runs, cpt_sft = replicated_sft("cpt_sft", cpt.output)
         sft_runs, sft = replicated_sft("sft", base.output)
         report = task(evaluate(test=f"{data.output}/sft_test.jsonl", base=base.output,

@@ -360,3 +360,58 @@ def test_replicate_runs_name_each_seeds_dir_and_job():
         steps.replicate_runs(name="sft", replicates=0, **kw)
     assert steps.pvc_uri("/models/r/sft_seed7", "loganalyzer-models", "/models") == \
         "pvc://loganalyzer-models/r/sft_seed7"
+
+
+def test_pipeline_defaults_are_the_stage_configs_defaults():
+    """A pipeline parameter that sets a stage's field has that field's default (its one home), in the committed
+    YAML that users apply, and the demo derives the same."""
+    from loganalyzer.build_datasets import BuildDatasetsConfig
+    from loganalyzer.chunk import ChunkConfig
+    from loganalyzer.config import SEED
+    from loganalyzer.demo import DemoConfig
+    from loganalyzer.deploy import DeployConfig
+    from loganalyzer.evaluate import EvaluateConfig
+    from loganalyzer.launch import LaunchConfig
+    from loganalyzer.synthesize import SynthesizeConfig
+    from loganalyzer.train import TrainConfig
+
+    homes = {"teacher_model": (SynthesizeConfig, "model"), "tasks": (SynthesizeConfig, "tasks"),
+             "synth_concurrency": (SynthesizeConfig, "concurrency"), "synth_max_tokens": (SynthesizeConfig,
+                                                                                          "max_tokens"),
+             "redact_mode": (SynthesizeConfig, "redact"), "chunk_min_lines": (ChunkConfig, "min_lines"),
+             "chunk_max_lines": (ChunkConfig, "max_lines"), "nlplog": (BuildDatasetsConfig, "nlplog"),
+             "loghub_structured": (BuildDatasetsConfig, "loghub_structured"),
+             "val_size": (BuildDatasetsConfig, "val_size"), "test_size": (BuildDatasetsConfig, "test_size"),
+             "max_seq_length": (BuildDatasetsConfig, "max_seq_length"),
+             "cpt_nproc_per_node": (LaunchConfig, "nproc_per_node"), "sft_engine": (LaunchConfig, "engine"),
+             "serve_deployment_mode": (DeployConfig, "deployment_mode"),
+             "eval_max_new_tokens": (EvaluateConfig, "max_new_tokens"), "seed": (ChunkConfig, "seed")}
+    (version,) = [d for d in load_all(COMPILED.read_text()) if d["kind"] == "PipelineVersion"]
+    params = version["spec"]["pipelineSpec"]["root"]["inputDefinitions"]["parameters"]
+    for param, (cls, field) in homes.items():
+        assert params[param]["defaultValue"] == cls.default(field), f"{param} != {cls.__name__}.{field}"
+    for cls in (ChunkConfig, BuildDatasetsConfig, EvaluateConfig, TrainConfig):  # one seed for every stage
+        assert cls.default("seed") == SEED
+    for field, home in (("teacher_model", "model"), ("synth_max_tokens", "max_tokens"), ("redact", "redact")):
+        assert DemoConfig.default(field) == SynthesizeConfig.default(home)
+    with pytest.raises(ValueError, match="required"):
+        DeployConfig.default("name")
+
+
+def test_stage_steps_take_keyword_arguments_only():
+    """A step's many same-typed parameters (paths, names) cannot be swapped by position: every stage step of
+    ``loganalyzer.steps`` that a component calls is keyword-only."""
+    import ast
+    import inspect
+
+    from loganalyzer import steps
+    from loganalyzer.pipeline import DEFINITION
+
+    called = {node.func.attr for node in ast.walk(ast.parse(DEFINITION.read_text()))
+              if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and isinstance(node.func.value, ast.Name) and node.func.value.id == "steps"}
+    helpers = {"in_seed_order"}  # two lists in a fixed order, not stage wiring
+    assert {"chunk", "synthesize", "train", "launch_training", "evaluate", "deploy"} <= called
+    for name in sorted(called - helpers):
+        kinds = {p.kind for p in inspect.signature(getattr(steps, name)).parameters.values()}
+        assert kinds == {inspect.Parameter.KEYWORD_ONLY}, f"steps.{name} takes positional arguments"

@@ -33,7 +33,7 @@ import numpy as np
 import orjson
 from pydantic import Field
 
-from loganalyzer.config import ConfigError, StageConfig, parse_config
+from loganalyzer.config import SEED, ConfigError, StageConfig, parse_config
 from loganalyzer.io import JsonlWriter, read_jsonl
 from loganalyzer.prompts import TEXT_TASKS, load_prompts
 from loganalyzer.synthesize import log_sha256
@@ -56,7 +56,7 @@ class BuildDatasetsConfig(StageConfig):
     max_seq_length: int = Field(8192, ge=16, description="report the share of samples above this length")
     val_size: int = Field(100, ge=0, description="chunks in the validation split")
     test_size: int = Field(100, ge=0, description="chunks in the test split")
-    seed: int = 1309
+    seed: int = SEED
 
 
 def split_chunks(chunk_systems: dict[str, str], val_size: int, test_size: int, seed: int) -> dict[str, str]:

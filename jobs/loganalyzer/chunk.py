@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field, model_validator
 
-from loganalyzer.config import ConfigError, StageConfig, parse_config
+from loganalyzer.config import SEED, ConfigError, StageConfig, parse_config
 from loganalyzer.io import JsonlWriter
 
 log = logging.getLogger("loganalyzer.chunk")
@@ -50,7 +50,7 @@ class ChunkConfig(StageConfig):
     rejects: str | None = Field(None, description="rejects file (default: <out>.rejects.jsonl)")
     min_lines: int = Field(50, ge=1, description="minimum lines per chunk")
     max_lines: int = Field(150, ge=1, description="maximum lines per chunk")
-    seed: int = Field(1309, description="seed for chunk lengths")
+    seed: int = Field(SEED, description="seed for chunk lengths")
     max_chunks_per_file: int | None = Field(None, ge=1, description="stop a file after this many chunks")
     max_line_bytes: int = Field(65536, ge=64, description="truncate longer lines (counted as rejects)")
 

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 EXIT_USAGE = 2
+SEED = 1309  # every stage's default seed (data splits, chunk lengths, training, bootstrap resampling)
 # Where recipes, deepspeed/ and models/ are looked up: jobs/configs next to the package in a checkout. In the
 # cluster LOGANALYZER_CONFIGS_DIR is a search path ("dir1:dir2"): the ConfigMaps generated from jobs/configs
 # (editable without rebuilding an image) first, then the copy baked into the image.
@@ -34,6 +35,15 @@ class StageConfig(BaseModel):
     """Base for stage configs: unknown keys are rejected, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @classmethod
+    def default(cls, field: str) -> Any:
+        """The field's default: the one home of a default that the pipeline's parameters and other entry points
+        derive from. Raises KeyError for an unknown field and ValueError for a required one."""
+        info = cls.model_fields[field]
+        if info.is_required():
+            raise ValueError(f"{cls.__name__}.{field} is required: it has no default")
+        return info.get_default(call_default_factory=True)
 
 
 C = TypeVar("C", bound=StageConfig)

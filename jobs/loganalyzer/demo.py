@@ -28,6 +28,7 @@ from loganalyzer.config import ConfigError, StageConfig, parse_config
 from loganalyzer.pipeline import load_definition
 from loganalyzer.redact import REDACT_MODE_HELP, RedactMode
 from loganalyzer.steps import TINY, teacher_kind
+from loganalyzer.synthesize import SynthesizeConfig
 
 log = logging.getLogger("loganalyzer.demo")
 
@@ -54,14 +55,16 @@ class DemoConfig(StageConfig):
     teacher: Literal["auto", "llm", "grounded"] = Field(
         "auto", description="auto: an LLM with OPENAI_API_KEY or a teacher URL, else the grounded teacher")
     teacher_base_url: str = Field("", description="teacher endpoint; '' = OpenAI with a key")
-    teacher_model: str = "gpt-4o-mini"
+    teacher_model: str = Field(SynthesizeConfig.default("model"), description="the LLM teacher's model name")
     tasks: list[str] = Field(["summarize", "root_cause", "find_patterns", "compare_halves", "nlplog_qa"],
                              description="synthesis tasks")
     chunk_min_lines: int = 6
     chunk_max_lines: int = 10
     max_chunks_per_file: int = 4
-    synth_max_tokens: int = Field(1024, description="teacher reply cap (an LLM teacher)")
-    redact: RedactMode = Field("auto", description=REDACT_MODE_HELP + " (the DAG's redact task and synthesize)")
+    synth_max_tokens: int = Field(SynthesizeConfig.default("max_tokens"),
+                                  description="teacher reply cap (an LLM teacher)")
+    redact: RedactMode = Field(SynthesizeConfig.default("redact"),
+                               description=REDACT_MODE_HELP + " (the DAG's redact task and synthesize)")
     val_size: int = 1
     test_size: int = 4
     cpt_recipe: str = "cpt_demo_cpu"

@@ -46,7 +46,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from loganalyzer import grounding, judge, replicates
-from loganalyzer.config import ConfigError, parse_config
+from loganalyzer.config import SEED, ConfigError, parse_config
 from loganalyzer.eval_sets import load_eval_set
 from loganalyzer.io import JsonlWriter
 from loganalyzer.judge import JudgeSettings
@@ -81,7 +81,7 @@ class EvaluateConfig(RedactionSettings, JudgeSettings):
     concurrency: int = Field(8, ge=1, description="requests in flight with --endpoint")
     limit: int | None = Field(None, ge=1, description="only the first N test rows")
     n_boot: int = Field(1000, ge=10)
-    seed: int = 1309
+    seed: int = SEED
     metrics_backend: str = Field("auto", description="auto (evaluate's modules if they load), evaluate, builtin")
 
     @field_validator("models")

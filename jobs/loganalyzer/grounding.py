@@ -36,6 +36,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from loganalyzer.config import SEED
 from loganalyzer.metrics import paired_defined, summarize_defined
 
 GROUNDING_METRICS = ("entity_precision", "entity_recall")
@@ -100,12 +101,12 @@ def per_sample(answers: Iterable[str], references: Iterable[str], logs: Iterable
     return {"entity_precision": arr[:, 0], "entity_recall": arr[:, 1]}
 
 
-def summarize(scores: dict[str, np.ndarray], n_boot: int = 1000, seed: int = 1309) -> dict:
+def summarize(scores: dict[str, np.ndarray], n_boot: int = 1000, seed: int = SEED) -> dict:
     """``{metric: mean | None, metric + "_ci95": [lo, hi] | None, metric + "_n": samples where defined}``."""
     return summarize_defined(scores, GROUNDING_METRICS, n_boot, seed)
 
 
-def paired(a: dict[str, np.ndarray], b: dict[str, np.ndarray], n_boot: int = 1000, seed: int = 1309) -> dict:
+def paired(a: dict[str, np.ndarray], b: dict[str, np.ndarray], n_boot: int = 1000, seed: int = SEED) -> dict:
     """Paired bootstrap of ``b`` vs ``a`` per metric over the samples where both are defined:
     ``{metric: {"delta", "p_value", "ci95", "n"}}`` (``None`` values when no sample has both)."""
     return paired_defined(a, b, GROUNDING_METRICS, n_boot, seed)

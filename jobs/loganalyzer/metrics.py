@@ -28,6 +28,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from loganalyzer.config import SEED
+
 log = logging.getLogger("loganalyzer.metrics")
 
 METRICS = ("fuzzy_match", "bleu", "rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -136,7 +138,7 @@ def _evaluate_values(predictions: list[str], references: list[str]) -> dict[str,
     return out
 
 
-def score(predictions: list[str], references: list[str], n_boot: int = 1000, seed: int = 1309,
+def score(predictions: list[str], references: list[str], n_boot: int = 1000, seed: int = SEED,
           backend: str = "auto", scores: dict[str, np.ndarray] | None = None) -> dict:
     """Six metrics with 95% bootstrap CIs: ``{metric: value, metric + "_ci95": [lo, hi], "n": n,
     "metrics_backend": "evaluate" | "builtin"}``; CIs always come from the builtin per-sample scores
@@ -173,7 +175,7 @@ def bootstrap(scores: dict[str, np.ndarray], n_boot: int, seed: int) -> dict[str
 
 
 def paired_bootstrap(a: dict[str, np.ndarray], b: dict[str, np.ndarray], n_boot: int = 1000,
-                     seed: int = 1309) -> dict[str, dict[str, float]]:
+                     seed: int = SEED) -> dict[str, dict[str, float]]:
     """Paired bootstrap (Koehn 2004) of system ``b`` vs ``a`` on the same samples.
 
     Returns ``{metric: {"delta": b - a, "p_value": two-sided p, "ci95": [lo, hi] of the delta}}``; the p-value is
@@ -183,7 +185,7 @@ def paired_bootstrap(a: dict[str, np.ndarray], b: dict[str, np.ndarray], n_boot:
 
 
 def paired_bootstrap_pooled(a: list[dict[str, np.ndarray]], b: list[dict[str, np.ndarray]], n_boot: int = 1000,
-                            seed: int = 1309) -> dict[str, dict[str, float]]:
+                            seed: int = SEED) -> dict[str, dict[str, float]]:
     """``paired_bootstrap`` pooled over replicates: ``a[r]`` and ``b[r]`` are replicate ``r`` of each system (for
     example trained with seed ``r``) on the same ``n`` test samples. A resample draws ``n`` test samples and takes
     every replicate's answers to them, so the test sample stays the unit of resampling and every resample holds
@@ -212,7 +214,7 @@ def _delta(delta: float, boot: np.ndarray) -> dict:
 
 
 def summarize_defined(scores: dict[str, np.ndarray], names: tuple[str, ...], n_boot: int = 1000,
-                      seed: int = 1309) -> dict:
+                      seed: int = SEED) -> dict:
     """Means of per-sample scores that are NaN where undefined, with percentile-bootstrap 95% CIs over the
     defined samples: ``{name: mean | None, name + "_ci95": [lo, hi] | None, name + "_n": samples defined}``."""
     out: dict = {}
@@ -230,7 +232,7 @@ def summarize_defined(scores: dict[str, np.ndarray], names: tuple[str, ...], n_b
 
 
 def paired_defined(a: dict[str, np.ndarray], b: dict[str, np.ndarray], names: tuple[str, ...],
-                   n_boot: int = 1000, seed: int = 1309) -> dict:
+                   n_boot: int = 1000, seed: int = SEED) -> dict:
     """Paired bootstrap of ``b`` vs ``a`` per score over the samples where both are defined (not NaN):
     ``{name: {"delta", "p_value", "ci95", "n"}}``, p two-sided as in ``paired_bootstrap``; ``None`` values when no
     sample has both. Raises ValueError when ``a`` and ``b`` have different lengths."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from loganalyzer.config import ConfigError, StageConfig, parse_config
+from loganalyzer.config import SEED, ConfigError, StageConfig, parse_config
 from loganalyzer.metrics import score
 
 
@@ -22,7 +22,7 @@ class ScoreConfig(StageConfig):
     references: str = Field(description="JSON Lines of {id, text}")
     out: str | None = Field(None, description="also write the JSON here")
     n_boot: int = Field(1000, ge=1, description="bootstrap resamples for the CIs")
-    seed: int = 1309
+    seed: int = SEED
     backend: str = Field("auto", description="auto (evaluate's modules if they load, else builtin), evaluate, builtin")
 
 

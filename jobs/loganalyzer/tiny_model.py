@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from loganalyzer.config import ConfigError, StageConfig, parse_config
+from loganalyzer.config import SEED, ConfigError, StageConfig, parse_config
 
 log = logging.getLogger("loganalyzer.tiny_model")
 
@@ -38,7 +38,7 @@ class TinyModelConfig(StageConfig):
     num_attention_heads: int = Field(4, ge=1)
     num_key_value_heads: int = Field(2, ge=1)
     max_position_embeddings: int = Field(16384, ge=128)
-    seed: int = 1309
+    seed: int = SEED
 
 
 def corpus_texts(paths: Iterable[str | Path]) -> Iterator[str]:

@@ -35,7 +35,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from loganalyzer.config import ConfigError, StageConfig, config_file, parse_config
+from loganalyzer.config import SEED, ConfigError, StageConfig, config_file, parse_config
 
 log = logging.getLogger("loganalyzer.train")
 
@@ -65,7 +65,7 @@ class TrainConfig(StageConfig):
                             "(frozen base), else float32 (full fine-tuning keeps fp32 master weights under autocast)")
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    seed: int = 1309
+    seed: int = SEED
     gradient_checkpointing: bool = True
     packing: bool = Field(False, description="pack samples into max_length sequences (cpt)")
     train_sampling_strategy: Literal["random", "group_by_length"] = Field(

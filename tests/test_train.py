@@ -112,7 +112,35 @@ def test_two_ranks_lora_ddp_tokenize_once_then_train(tiny_env, tmp_path):
     assert ready == ["0", "1"], result.stderr[-3000:]
     saved = json.loads((out / "loganalyzer_train.json").read_text())
     assert saved["lora"] is True
+    ran = json.loads((out / "trainer_args.json").read_text())  # the SFTConfig that ran, beside the recipe
+    assert ran["max_steps"] == 2 and ran["seed"] == saved["seed"] and ran["bf16"] == saved["bf16"]
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_recipe_to_sft_and_lora_config_mapping():
+    """Every TrainConfig field has one place in the mapping to trl.SFTConfig / peft.LoraConfig, and the values
+    arrive: a new recipe field cannot be dropped on the way to the trainer unnoticed."""
+    from loganalyzer import train
+
+    places = [*train.SFT_FIELDS, *train.SFT_RENAMES, *train.SFT_DERIVED, *train.LORA_FIELDS, *train.OWN_FIELDS]
+    assert sorted(places) == sorted(TrainConfig.model_fields), "a field is missing from, or twice in, the mapping"
+    cfg = TrainConfig(mode="sft", model_name_or_path="m", train_file="t.jsonl", eval_file="v.jsonl",
+                      output_dir="/tmp/o", learning_rate=3e-4, warmup_ratio=0.03, gradient_checkpointing=False,
+                      max_steps=7, per_device_train_batch_size=3, seed=11, save_steps=5, bf16=False,
+                      use_liger_kernel=False, report_to=["none"], lora=True, lora_r=8, lora_alpha=16,
+                      lora_target_modules=["q_proj", "v_proj"])
+    args = train.sft_config(cfg, assistant_only_loss=True)
+    for name in set(train.SFT_FIELDS) - {"report_to"}:
+        assert getattr(args, name) == getattr(cfg, name), name
+    assert args.report_to == []  # transformers' spelling of ["none"]
+    assert (args.warmup_steps, args.activation_checkpointing) == (0.03, False)
+    assert (args.output_dir, args.data_seed, args.eval_strategy, args.eval_steps) == ("/tmp/o/checkpoints", 11,
+                                                                                       "steps", 5)
+    assert args.assistant_only_loss and args.packing_strategy == "bfd_split" and not args.ddp_find_unused_parameters
+    lora = train.lora_config(cfg)
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout, set(lora.target_modules)) == (8, 16, 0.05,
+                                                                                      {"q_proj", "v_proj"})
+    assert train.lora_config(cfg.model_copy(update={"lora": False})) is None
 
 
 def test_sft_trainer_settings(tiny_env, tmp_path):

@@ -368,40 +368,62 @@ def write_marker(ckpt: Path, content: dict) -> None:
     os.replace(tmp, ckpt / COMPLETE_MARKER)
 
 
+# How a recipe reaches trl.SFTConfig and peft.LoraConfig: one explicit mapping (test_train checks that every
+# TrainConfig field is in exactly one place). Trainer fields pass as they are or renamed (transformers>=5 names);
+# output_dir, deepspeed, eval_file and eval_steps are derived; the rest are this recipe's own (data, weights, LoRA,
+# resuming, registry, engine). SFT_FIXED: trainer settings a recipe does not choose.
+SFT_FIELDS = ("learning_rate", "lr_scheduler_type", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+              "per_device_eval_batch_size", "gradient_accumulation_steps", "max_length", "bf16", "weight_decay",
+              "max_grad_norm", "seed", "packing", "train_sampling_strategy", "use_liger_kernel", "logging_steps",
+              "save_strategy", "save_steps", "save_total_limit", "dataloader_num_workers", "dataset_num_proc",
+              "report_to", "run_name")
+SFT_RENAMES = {"warmup_ratio": "warmup_steps",  # transformers>=5: a float in [0, 1) is a ratio of total steps
+               "gradient_checkpointing": "activation_checkpointing"}
+SFT_DERIVED = ("output_dir", "deepspeed", "eval_file", "eval_steps")
+SFT_FIXED = {
+    "packing_strategy": "bfd_split",  # best-fit decreasing; a sample longer than max_length is split, not cut
+    "dataset_text_field": "text",
+    "include_num_input_tokens_seen": True,  # tokens/s and train_tokens_seen
+    # Every trainable parameter (all weights, or LoRA's A/B on every linear layer) is used in every forward:
+    # no search for unused ones. transformers would turn it on for a PeftModel (not a PreTrainedModel).
+    "ddp_find_unused_parameters": False,
+}
+LORA_FIELDS = {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
+               "lora_target_modules": "target_modules"}
+OWN_FIELDS = ("mode", "model_name_or_path", "train_file", "model_dtype", "attn_implementation", "lora",
+              "merge_adapter", "resume", "overlong", "register_as", "storage_uri", "register_tags", "engine",
+              "ray_workers", "ray_use_gpu", "ray_address")
+
+
 def sft_config(cfg: TrainConfig, assistant_only_loss: bool):
-    """The ``trl.SFTConfig`` of a recipe resolved by ``effective`` (``build_trainer`` and the GPU benchmark)."""
+    """The ``trl.SFTConfig`` of a recipe resolved by ``effective`` (``build_trainer`` and the GPU benchmark):
+    ``SFT_FIELDS`` and ``SFT_RENAMES`` from ``cfg``, checkpoints in ``output_dir/checkpoints``, the data order
+    seeded by ``seed``, evaluation every ``eval_steps`` (default ``save_steps``) when there is an ``eval_file``,
+    and ``SFT_FIXED``."""
     from trl import SFTConfig
 
     return SFTConfig(
-        output_dir=str(Path(cfg.output_dir) / "checkpoints"),
-        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_ratio,  # transformers>=5: a float in [0, 1) is a ratio of total steps
-        num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length,
-        bf16=cfg.bf16, weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, data_seed=cfg.seed,
-        activation_checkpointing=cfg.gradient_checkpointing,  # transformers>=5 name of gradient checkpointing
-        packing=cfg.packing, packing_strategy="bfd_split", train_sampling_strategy=cfg.train_sampling_strategy,
-        dataset_text_field="text", assistant_only_loss=assistant_only_loss,
-        deepspeed=deepspeed_config_path(cfg.deepspeed), use_liger_kernel=cfg.use_liger_kernel,
-        logging_steps=cfg.logging_steps, save_strategy=cfg.save_strategy, save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
+        **{name: getattr(cfg, name) for name in SFT_FIELDS},
+        **{trl_name: getattr(cfg, name) for name, trl_name in SFT_RENAMES.items()},
+        output_dir=str(Path(cfg.output_dir) / "checkpoints"), data_seed=cfg.seed,
+        deepspeed=deepspeed_config_path(cfg.deepspeed),
         eval_strategy="steps" if cfg.eval_file else "no", eval_steps=cfg.eval_steps or cfg.save_steps,
-        dataloader_num_workers=cfg.dataloader_num_workers, dataset_num_proc=cfg.dataset_num_proc,
-        report_to=cfg.report_to, run_name=cfg.run_name,
-        include_num_input_tokens_seen=True, use_cpu=not _on_gpu(),
-        # Every trainable parameter (all weights, or LoRA's A/B on every linear layer) is used in every forward:
-        # no search for unused ones. transformers would turn it on for a PeftModel (not a PreTrainedModel).
-        ddp_find_unused_parameters=False,
-    )
+        assistant_only_loss=assistant_only_loss, use_cpu=not _on_gpu(), **SFT_FIXED)
+
+
+def lora_config(cfg: TrainConfig):
+    """The ``peft.LoraConfig`` of an SFT recipe (``LORA_FIELDS``), or None without ``lora``."""
+    from peft import LoraConfig
+
+    if not cfg.lora:
+        return None
+    return LoraConfig(**{peft_name: getattr(cfg, name) for name, peft_name in LORA_FIELDS.items()},
+                      task_type="CAUSAL_LM")
 
 
 def build_trainer(cfg: TrainConfig):
     """Tokenizer, datasets, model and a configured ``trl.SFTTrainer`` for the recipe (resolved by ``effective``)."""
     import torch
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
@@ -432,12 +454,8 @@ def build_trainer(cfg: TrainConfig):
     # No KV cache in training forward passes: with one, packed/padding-free rows (position_ids, no attention mask)
     # are no longer isolated and a sample attends to the one before it (save_final turns it back on).
     model.config.use_cache = False
-    peft_config = None
-    if cfg.lora:
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                 target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evalset,
-                         processing_class=tokenizer, peft_config=peft_config, callbacks=_callbacks())
+                         processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=_callbacks())
     return trainer, tokenizer, original_template
 
 
@@ -468,6 +486,8 @@ def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
 
 
 ADAPTER_DIR = "adapter"
+# What ran, beside the saved model and in the MLflow run: the recipe resolved by ``effective``, and the SFTConfig
+TRAIN_CONFIG, TRAINER_ARGS = "loganalyzer_train.json", "trainer_args.json"
 
 
 def save_final(trainer, tokenizer, original_template: str | None, cfg: TrainConfig) -> Path:
@@ -487,13 +507,16 @@ def save_final(trainer, tokenizer, original_template: str | None, cfg: TrainConf
         trainer.save_model(str(out))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(out)
-        (out / "loganalyzer_train.json").write_text(json.dumps(cfg.model_dump(), indent=2))
+        (out / TRAIN_CONFIG).write_text(json.dumps(cfg.model_dump(), indent=2))
+        (out / TRAINER_ARGS).write_text(trainer.args.to_json_string())  # the SFTConfig that ran
     return out
 
 
 def run(cfg: TrainConfig) -> dict:
     """Train the recipe; return the final train metrics (also logged to MLflow)."""
-    if cfg.engine == "ray":
+    if cfg.engine == "ray":  # Ray Train starts the ranks, each of which comes back here with engine=torchrun
+        from loganalyzer.ray_train import run_on_ray
+
         return run_on_ray(cfg)
     from loganalyzer.tracking import stage_run
 
@@ -511,6 +534,8 @@ def run(cfg: TrainConfig) -> dict:
         tracker.log_metrics(metrics)
         if trainer.is_world_process_zero():
             tracker.log_artifact(plot_loss(trainer.state.log_history, out / "loss_curve.png"))
+            for name in (TRAIN_CONFIG, TRAINER_ARGS):
+                tracker.log_artifact(out / name)
             if cfg.register_as and tracker.active:
                 try:
                     register_model(cfg, out, tracker.run_id)
@@ -553,58 +578,6 @@ def register_model(cfg: TrainConfig, out: Path, run_id: str) -> dict:
                "mode": cfg.mode, "seed": cfg.seed, "output_dir": str(out.resolve()), "parent_run_id": parent,
                KFP_RUN_TAG: mlflow.get_run(run_id).data.tags.get(KFP_RUN_TAG, "")}
     return register(cfg.register_as, out, cfg.storage_uri, run_id, lineage, cfg.register_tags)
-
-
-# What a Ray worker needs from the driver's environment (a remote Ray cluster does not inherit it).
-RAY_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-           "LOGANALYZER_PARENT_RUN_ID", "LOGANALYZER_CONFIGS_DIR", "HF_HOME", "HF_TOKEN", "HF_HUB_OFFLINE")
-
-
-def run_on_ray(cfg: TrainConfig) -> dict:
-    """``engine: ray``: the same training function on ``ray_workers`` ranks under Ray Train's ``TorchTrainer``
-    (which starts the workers and their torch.distributed process group: NCCL with GPUs, gloo on CPU).
-
-    Connects to ``ray_address`` / ``RAY_ADDRESS`` (a KubeRay RayJob sets it), else starts a local Ray sized for
-    the workers. Returns rank 0's train metrics. Ray's own run state goes to ``<output_dir>/ray``.
-    """
-    import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    env = {k: os.environ[k] for k in RAY_ENV if os.environ.get(k)}
-    local_ray = not (cfg.ray_address or os.environ.get("RAY_ADDRESS"))
-    if local_ray:  # one CPU per worker plus one for the trainer's controller; a small object store (nothing big moves)
-        ray.init(num_cpus=cfg.ray_workers + 1, num_gpus=cfg.ray_workers if cfg.ray_use_gpu else 0,
-                 object_store_memory=256 * 2**20, include_dashboard=False, runtime_env={"env_vars": env})
-    else:
-        ray.init(address=cfg.ray_address, runtime_env={"env_vars": env})
-    output = Path(cfg.output_dir).resolve()
-    # Workers do not share the driver's working directory: hand them absolute paths.
-    local = {k: str(Path(v).resolve()) for k in ("model_name_or_path", "train_file", "eval_file")
-             if (v := getattr(cfg, k)) and Path(v).exists()}
-    trainer = TorchTrainer(
-        _ray_worker, train_loop_config=cfg.model_copy(update={"engine": "torchrun", "output_dir": str(output),
-                                                              **local}).model_dump(),
-        scaling_config=ScalingConfig(num_workers=cfg.ray_workers, use_gpu=cfg.ray_use_gpu),
-        run_config=RunConfig(name=f"train-{cfg.mode}", storage_path=str(output / "ray")))
-    log.info("Ray Train: %d worker(s), %s", cfg.ray_workers, "GPU" if cfg.ray_use_gpu else "CPU")
-    try:
-        trainer.fit()  # raises ray.train.TrainingFailedError with the worker's traceback
-    finally:
-        ray.shutdown()  # a local Ray stops with us; a cluster connection is closed
-    return json.loads((output / RAY_METRICS).read_text())
-
-
-RAY_METRICS = "ray/metrics.json"
-
-
-def _ray_worker(config: dict) -> None:
-    import ray.train
-
-    metrics = run(TrainConfig(**config))
-    if ray.train.get_context().get_world_rank() == 0:  # Result.metrics stays empty without a checkpoint
-        (Path(config["output_dir"]) / RAY_METRICS).write_text(json.dumps(metrics))
-    ray.train.report(metrics)
 
 
 def plot_loss(history: list[dict], path: Path) -> Path:

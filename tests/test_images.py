@@ -89,6 +89,18 @@ def test_dockerignore_keeps_the_context_small():
     assert all(c in allowed or c.split("/")[0] in allowed for c in copied), (copied, allowed)
 
 
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_build_context_holds_what_the_wheel_carries(dockerfile):
+    """`pip install .` in the image builds the wheel, which maps repository folders into the package
+    (loganalyzer.resources.SHIPPED): each must be copied into the build stage, or setuptools fails."""
+    from loganalyzer.resources import SHIPPED
+
+    copied = {rest.split()[0].rstrip("/") for op, rest in instructions(dockerfile)
+              if op == "COPY" and "--from" not in rest}
+    for folder in SHIPPED.values():
+        assert any(folder == c or folder.startswith(c + "/") for c in copied), f"{dockerfile}: COPY {folder}"
+
+
 def test_flash_attn_is_built_for_the_archs_it_reads():
     """flash-attn 2.8's setup.py takes its archs from FLASH_ATTN_CUDA_ARCHS ("80;90;100;120" by default) and ignores
     TORCH_CUDA_ARCH_LIST (Dao-AILab/flash-attention setup.py, cuda_archs())."""

@@ -17,16 +17,18 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from loganalyzer.resources import shipped
+
 EXIT_USAGE = 2
 SEED = 1309  # every stage's default seed (data splits, chunk lengths, training, bootstrap resampling)
-# Where recipes, deepspeed/ and models/ are looked up: jobs/configs next to the package in a checkout. In the
-# cluster LOGANALYZER_CONFIGS_DIR is a search path ("dir1:dir2"): the ConfigMaps generated from jobs/configs
-# (editable without rebuilding an image) first, then the copy baked into the image.
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+# Where recipes, deepspeed/ and models/ are looked up: jobs/configs in a checkout, loganalyzer/configs in an
+# installed wheel (loganalyzer.resources). In the cluster LOGANALYZER_CONFIGS_DIR is a search path ("dir1:dir2"):
+# the ConfigMaps generated from jobs/configs (editable without rebuilding an image) first, then the image's copy.
+CONFIGS_DIR = shipped("configs")
 
 
 def configs_dirs() -> list[Path]:
-    """The configs search path: ``LOGANALYZER_CONFIGS_DIR`` (os.pathsep-separated) or ``jobs/configs``."""
+    """The configs search path: ``LOGANALYZER_CONFIGS_DIR`` (os.pathsep-separated) or ``CONFIGS_DIR``."""
     env = os.environ.get("LOGANALYZER_CONFIGS_DIR", "")
     return [Path(p) for p in env.split(os.pathsep) if p] or [CONFIGS_DIR]
 

@@ -27,19 +27,19 @@ from pydantic import Field
 from loganalyzer.config import ConfigError, StageConfig, parse_config
 from loganalyzer.pipeline import load_definition
 from loganalyzer.redact import REDACT_MODE_HELP, RedactMode
+from loganalyzer.resources import shipped
 from loganalyzer.steps import TINY, teacher_kind
 from loganalyzer.synthesize import SynthesizeConfig
 
 log = logging.getLogger("loganalyzer.demo")
 
-REPO = Path(__file__).resolve().parents[2]
 DEMO_SYSTEMS = ("HDFS", "OpenSSH", "Linux", "Apache")
 EXPERIMENT = "loganalyzer-demo"
 
 
 def bundled() -> list[str]:
     """The bundled Loghub samples (each with its ``_structured.csv`` beside it)."""
-    return [str(REPO / "data" / "loghub" / s / f"{s}_2k.log") for s in DEMO_SYSTEMS]
+    return [str(shipped("loghub") / s / f"{s}_2k.log") for s in DEMO_SYSTEMS]
 
 
 class DemoConfig(StageConfig):
@@ -91,9 +91,14 @@ def run(cfg: DemoConfig) -> dict:
     if missing:
         raise ConfigError(f"input file(s) not found: {missing}")
     out = Path(cfg.out).resolve()
+    if MANGLED in str(out):
+        raise ConfigError(f"out={out}: kfp's local runner rewrites {MANGLED!r} in every task argument, so it cannot "
+                          f"run in a directory whose path holds it; choose another --out")
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    logs = stage_inputs([Path(p).resolve() for p in cfg.logs], out)
+    structured = stage_inputs([Path(p).resolve() for p in structured], out)
     pipeline = load_definition().build("local")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"))
     warnings.filterwarnings("ignore", message=".*non-Python base image.*")
@@ -102,12 +107,12 @@ def run(cfg: DemoConfig) -> dict:
         f"{cfg.teacher_model} at {cfg.teacher_base_url or 'OpenAI'}"
     log.info("demo: base model %s, teacher %s, %d log files -> %s", cfg.base_model, teacher, len(cfg.logs), out)
     t0 = time.time()
-    pipeline(logs=[str(Path(p).resolve()) for p in cfg.logs], run_dir=str(out), base_model_name=cfg.base_model,
+    pipeline(logs=logs, run_dir=str(out), base_model_name=cfg.base_model,
              teacher=kind, teacher_base_url=cfg.teacher_base_url, teacher_model=cfg.teacher_model, tasks=cfg.tasks,
              chunk_min_lines=cfg.chunk_min_lines, chunk_max_lines=cfg.chunk_max_lines,
              max_chunks_per_file=cfg.max_chunks_per_file, synth_max_tokens=cfg.synth_max_tokens,
              redact_mode=cfg.redact,
-             loghub_structured=[str(Path(p).resolve()) for p in structured],
+             loghub_structured=structured,
              val_size=cfg.val_size, test_size=cfg.test_size, cpt_recipe=cfg.cpt_recipe, sft_recipe=cfg.sft_recipe,
              eval_max_new_tokens=cfg.eval_max_new_tokens, replicates=cfg.replicates,
              judge_endpoint=cfg.judge_endpoint, judge_model=cfg.judge_model,
@@ -117,6 +122,26 @@ def run(cfg: DemoConfig) -> dict:
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
     log.info("demo finished in %.0f s", timings["total"])
     return report
+
+
+# kfp 2.17's local runner replaces "python3" in every task argument with its interpreter's path
+# (kfp/local/subprocess_task_handler.py, replace_python_executable): a path holding it, such as the bundled logs in
+# an installed wheel (.../lib/python3.11/site-packages/loganalyzer/loghub), would reach the task broken.
+MANGLED = "python3"
+
+
+def stage_inputs(paths: list[Path], out: Path) -> list[str]:
+    """``paths`` as the DAG's tasks get them: as they are, or, where a path holds ``MANGLED``, a copy in
+    ``out/inputs/<its folder's name>/`` (a log and its ``_structured.csv`` stay side by side)."""
+    staged = []
+    for path in paths:
+        if MANGLED in str(path):
+            copy = out / "inputs" / path.parent.name / path.name
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, copy)
+            path = copy
+        staged.append(str(path))
+    return staged
 
 
 def stage_seconds(out: Path, start: float) -> dict[str, float]:

@@ -37,19 +37,19 @@ from types import ModuleType
 import yaml
 
 from loganalyzer.config import ConfigError
+from loganalyzer.resources import CHECKOUT, in_checkout, shipped
 
 log = logging.getLogger("loganalyzer.pipeline")
 
-REPO = Path(__file__).resolve().parents[2]
-DEFINITION = REPO / "pipelines" / "cpt_finetune.py"
-COMPILED = REPO / "pipelines" / "cpt-finetune.yaml"
+DEFINITION = shipped("dag") / "cpt_finetune.py"
+COMPILED = shipped("dag") / "cpt-finetune.yaml"  # the committed file; from a wheel, its copy inside the package
+# compile's default output: the committed file in a checkout, else (an installed wheel) the working directory
+DEFAULT_OUT = COMPILED if in_checkout() else Path(COMPILED.name)
 
 
 def load_definition(registry: str | None = None, tag: str | None = None) -> ModuleType:
-    """Import ``pipelines/cpt_finetune.py`` (it lives beside the package in a clone, not inside it), its images
-    named with ``registry`` and ``tag`` when given (else env ``LOGANALYZER_IMAGE_REGISTRY`` / ``_TAG``)."""
-    if not DEFINITION.is_file():
-        raise ConfigError(f"{DEFINITION} not found: run this from a clone of the repository")
+    """Import ``pipelines/cpt_finetune.py`` (shipped in the wheel as ``loganalyzer/dag``), its images named with
+    ``registry`` and ``tag`` when given (else env ``LOGANALYZER_IMAGE_REGISTRY`` / ``_TAG``)."""
     env = {k: v for k, v in (("LOGANALYZER_IMAGE_REGISTRY", registry), ("LOGANALYZER_IMAGE_TAG", tag))
            if v is not None}
     with _environ(env):  # the definition reads them when its components are declared, at import
@@ -73,7 +73,7 @@ def _environ(values: dict[str, str]):
                 os.environ[k] = v
 
 
-def compile_pipeline(out: Path = COMPILED, registry: str | None = None, tag: str | None = None) -> Path:
+def compile_pipeline(out: Path = DEFAULT_OUT, registry: str | None = None, tag: str | None = None) -> Path:
     return _compile(load_definition(registry, tag), out)
 
 
@@ -163,7 +163,7 @@ def bundle(out: Path, overlay: str, namespace: str, registry: str, tag: str | No
     the overlay's Namespace object (and its Pod Security labels) is left out. Raises ConfigError for an unknown
     overlay or a missing registry.
     """
-    src = REPO / "manifests" / "overlays" / overlay
+    src = CHECKOUT / "manifests" / "overlays" / overlay  # make deploy runs in a checkout
     if not (src / "kustomization.yaml").is_file():
         raise ConfigError(f"no overlay {overlay!r} in {src.parent}: "
                           f"{sorted(p.name for p in src.parent.iterdir())}")
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="loganalyzer pipeline", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compile", help="write pipelines/cpt-finetune.yaml (Pipeline + PipelineVersion)")
-    c.add_argument("--out", type=Path, default=COMPILED, help=f"output file (default {COMPILED})")
+    c.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output file (default {DEFAULT_OUT})")
     for p in (c, sub.add_parser("run", help="start a run on a KFP endpoint through kfp.Client")):
         p.add_argument("--image-registry", default=os.environ.get("LOGANALYZER_IMAGE_REGISTRY"),
                        help="registry of the loganalyzer images (env LOGANALYZER_IMAGE_REGISTRY; compile: "

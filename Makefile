@@ -48,8 +48,8 @@ demo: install ## run the whole pipeline on one machine (kfp local runner, SmolLM
 test: install ## all tests: unit + integration (tiny models, the real demo model and the demo); GPU tests skip without a GPU
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-fast: install ## unit tests only
-	$(BIN)/python -m pytest -q -m "not integration" $(PYTEST_ARGS)
+test-fast: install ## unit tests that build no model and start no server or browser (under a minute)
+	$(BIN)/python -m pytest -q -m "not integration and not heavy" $(PYTEST_ARGS)
 
 $(LINT_VENV)/bin/checkov: requirements-lint.txt
 	$(PYTHON) -m venv $(LINT_VENV)

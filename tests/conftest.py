@@ -135,6 +135,18 @@ def kube(tmp_path_factory):
     server.stop()
 
 
+# Fixtures that build a model or start a server (kube-apiserver, MLflow, `loganalyzer serve` and the chatbot for the
+# browser): every test that uses one, directly or through another fixture, is marked `heavy`, and `make test-fast`
+# leaves those out. Tests that do such work inline carry the marker themselves.
+HEAVY_FIXTURES = {"tiny_env", "smollm2", "kube", "mlflow_server", "served"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.heavy)
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     """Keep each phase's report on the item (``item.rep_call``), so fixtures can save evidence when a test failed."""

@@ -258,6 +258,7 @@ def _chunks_with_secrets(tmp_path) -> Path:
     return out
 
 
+@pytest.mark.heavy  # Presidio's spaCy pipeline over a whole stage
 def test_stage_writes_redacted_chunks_summary_and_private_mapping(tmp_path):
     chunks = _chunks_with_secrets(tmp_path)
     out = tmp_path / "red" / "chunks.jsonl"

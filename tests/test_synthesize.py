@@ -104,6 +104,7 @@ def test_unknown_task_and_missing_key_are_usage_errors(tmp_path, chunks, monkeyp
     assert e.value.code == 2
 
 
+@pytest.mark.heavy  # a synthesize subprocess, killed and started again
 def test_kill_9_and_resume_loses_nothing_and_duplicates_nothing(tmp_path, chunks):
     out = tmp_path / "synth"
     with FakeOpenAI(latency_s=0.15, schedule=[[], ["429"], ["500"]]) as srv:

@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,52 @@ def test_cpt_two_steps_checkpoint_resume_and_loadable_output(tiny_env, tmp_path,
     assert re.search(r"continuing from \S*checkpoint-2\b", caplog.text)
     assert json.loads((ckpts / "checkpoint-3" / COMPLETE_MARKER).read_text())["global_step"] == 3
     AutoModelForCausalLM.from_pretrained(ckpts / "checkpoint-3")  # written again, whole
+
+
+@pytest.mark.integration
+def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(tiny_env, tmp_path):
+    """A CPT run killed with SIGKILL (as the kubelet does after the grace period) once a checkpoint is complete, then
+    started again with ``resume: auto``, has the uninterrupted run's loss at every step and its final weights.
+    Tolerance: 1e-5 relative on each logged loss, 1e-6 absolute on each weight (same process settings, one thread;
+    the resumed run restores the optimizer, scheduler, RNG and data position from the checkpoint)."""
+    import signal
+
+    from safetensors.torch import load_file
+
+    steps = 60
+
+    def command(out):
+        return [sys.executable, "-m", "loganalyzer.train", "--config", str(CONFIGS / "cpt_tiny_cpu.yaml"),
+                f"model_name_or_path={tiny_env['model']}", f"train_file={tiny_env['datasets'] / 'cpt_train.jsonl'}",
+                f"output_dir={out}", f"max_steps={steps}", "save_steps=10", "logging_steps=1", "max_length=128",
+                "per_device_train_batch_size=1", "report_to=[none]"]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache")}
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    subprocess.run(command(whole), check=True, capture_output=True, timeout=600, env=env)
+    proc = subprocess.Popen(command(broken), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 300
+    while not list((broken / "checkpoints").glob(f"checkpoint-*/{COMPLETE_MARKER}")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    assert not (broken / "model.safetensors").exists(), "the run finished before it was killed"
+    resumed = subprocess.run(command(broken), capture_output=True, text=True, timeout=600, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (resumed_from,) = re.findall(r"continuing from \S*checkpoint-(\d+)", resumed.stderr)
+    assert 10 <= int(resumed_from) < steps
+
+    def losses(out):
+        history = json.loads((out / "checkpoints" / f"checkpoint-{steps}" / "trainer_state.json").read_text())
+        return {h["step"]: h["loss"] for h in history["log_history"] if "loss" in h}
+
+    expected, got = losses(whole), losses(broken)
+    assert sorted(got) == sorted(expected) == list(range(1, steps + 1))
+    assert all(got[s] == pytest.approx(expected[s], rel=1e-5) for s in expected), (expected, got)
+    a, b = load_file(whole / "model.safetensors"), load_file(broken / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
 
 
 def test_last_complete_checkpoint_skips_unmarked_and_foreign_dirs(tmp_path):

@@ -36,6 +36,27 @@ def _recipe(name, **over):
     return TrainConfig(**{**load_yaml(CONFIGS / f"{name}.yaml"), **over})
 
 
+def _train(recipe: str, tiny_env, out: Path, *overrides: str, check: bool = True,
+           popen: bool = False) -> subprocess.CompletedProcess | subprocess.Popen:
+    """``loganalyzer.train`` of a tiny recipe in its own process on one thread, so that its floating-point results
+    depend on nothing this test process did before (thread count, caches)."""
+    train_file = tiny_env["datasets"] / ("cpt_train.jsonl" if recipe.startswith("cpt") else "sft_train.jsonl")
+    cmd = [sys.executable, "-m", "loganalyzer.train", "--config", str(CONFIGS / f"{recipe}.yaml"),
+           f"model_name_or_path={tiny_env['model']}", f"train_file={train_file}", f"output_dir={out}",
+           "report_to=[none]", *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_CACHE": str(out.parent / f"{out.name}.cache")}
+    if popen:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert not check or result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _logged_losses(checkpoint: Path) -> dict[int, float]:
+    history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+    return {h["step"]: h["loss"] for h in history if "loss" in h}
+
+
 def test_llama31_training_template_renders_like_the_original_and_masks_assistant_tokens(tiny_env):
     from transformers import AutoTokenizer
 
@@ -94,17 +115,11 @@ def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(tin
     from safetensors.torch import load_file
 
     steps = 60
-
-    def command(out):
-        return [sys.executable, "-m", "loganalyzer.train", "--config", str(CONFIGS / "cpt_tiny_cpu.yaml"),
-                f"model_name_or_path={tiny_env['model']}", f"train_file={tiny_env['datasets'] / 'cpt_train.jsonl'}",
-                f"output_dir={out}", f"max_steps={steps}", "save_steps=10", "logging_steps=1", "max_length=128",
-                "per_device_train_batch_size=1", "report_to=[none]"]
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache")}
+    run_args = (f"max_steps={steps}", "save_steps=10", "logging_steps=1", "max_length=128",
+                "per_device_train_batch_size=1")
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    subprocess.run(command(whole), check=True, capture_output=True, timeout=600, env=env)
-    proc = subprocess.Popen(command(broken), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    _train("cpt_tiny_cpu", tiny_env, whole, *run_args)
+    proc = _train("cpt_tiny_cpu", tiny_env, broken, *run_args, popen=True)
     deadline = time.monotonic() + 300
     while not list((broken / "checkpoints").glob(f"checkpoint-*/{COMPLETE_MARKER}")):
         assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
@@ -112,14 +127,12 @@ def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(tin
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
     assert not (broken / "model.safetensors").exists(), "the run finished before it was killed"
-    resumed = subprocess.run(command(broken), capture_output=True, text=True, timeout=600, env=env)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = _train("cpt_tiny_cpu", tiny_env, broken, *run_args)
     (resumed_from,) = re.findall(r"continuing from \S*checkpoint-(\d+)", resumed.stderr)
     assert 10 <= int(resumed_from) < steps
 
     def losses(out):
-        history = json.loads((out / "checkpoints" / f"checkpoint-{steps}" / "trainer_state.json").read_text())
-        return {h["step"]: h["loss"] for h in history["log_history"] if "loss" in h}
+        return _logged_losses(out / "checkpoints" / f"checkpoint-{steps}")
 
     expected, got = losses(whole), losses(broken)
     assert sorted(got) == sorted(expected) == list(range(1, steps + 1))
@@ -127,6 +140,22 @@ def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(tin
     a, b = load_file(whole / "model.safetensors"), load_file(broken / "model.safetensors")
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+# The first logged losses of the seeded tiny runs (tiny model and data from the tiny_env fixture, one thread), as
+# measured when they were stored. A change to tokenization, packing, masking, the chat template, the loss or the
+# optimizer setup moves them; bit-level noise between CPUs stays far inside the tolerance.
+GOLDEN_LOSSES = {"cpt_tiny_cpu": [6.950728, 6.955136, 6.914379], "sft_tiny_cpu": [6.945100, 6.961955, 6.944724]}
+GOLDEN_REL_TOL = 1e-4
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("recipe", sorted(GOLDEN_LOSSES))
+def test_first_losses_match_the_stored_golden_values(recipe, tiny_env, tmp_path):
+    out = tmp_path / recipe
+    _train(recipe, tiny_env, out, "max_steps=3", "logging_steps=1", "save_steps=3")
+    got = [loss for _, loss in sorted(_logged_losses(out / "checkpoints" / "checkpoint-3").items())]
+    assert got == pytest.approx(GOLDEN_LOSSES[recipe], rel=GOLDEN_REL_TOL)
 
 
 def test_last_complete_checkpoint_skips_unmarked_and_foreign_dirs(tmp_path):

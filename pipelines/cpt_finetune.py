@@ -30,6 +30,7 @@ from kfp.dsl import HTML, Markdown, Metrics, Output
 
 # Each stage's defaults have one home, its config model; the pipeline's parameters take theirs from there (read
 # when the pipeline is built; the components' bodies run in the task's own process and import only what they use).
+from loganalyzer import k8s as kube
 from loganalyzer.build_datasets import BuildDatasetsConfig
 from loganalyzer.chunk import ChunkConfig
 from loganalyzer.config import SEED
@@ -47,9 +48,9 @@ REGISTRY = os.environ.get("LOGANALYZER_IMAGE_REGISTRY", "").rstrip("/") or PLACE
 JOBS_IMAGE = f"{REGISTRY}/loganalyzer-jobs:{TAG}"
 TRAIN_IMAGE = f"{REGISTRY}/loganalyzer-train:{TAG}"
 
-# Cluster wiring; the same names as in manifests/ and the Helm chart (release name "loganalyzer").
-DATA_PVC, MODELS_PVC = "loganalyzer-data", "loganalyzer-models"
-DATA_ROOT, MODELS_ROOT = "/data", "/models"
+# Cluster wiring (loganalyzer.k8s); the same names as in manifests/ and the Helm chart (release name "loganalyzer").
+DATA_PVC, MODELS_PVC, UID = kube.DATA_PVC, kube.MODELS_PVC, kube.UID
+DATA_ROOT, MODELS_ROOT = kube.DATA_MOUNT, kube.MODELS_MOUNT
 # Secrets as env, all optional (a cluster without one still runs), each only where it is used:
 # MLflow credentials everywhere, the teacher's key for synthesize, the Hub token where the base model is loaded.
 MLFLOW_SECRET = ("loganalyzer-mlflow", {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
@@ -57,7 +58,6 @@ MLFLOW_SECRET = ("loganalyzer-mlflow", {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRAC
 TEACHER_SECRET = ("loganalyzer-teacher", {"OPENAI_API_KEY": "OPENAI_API_KEY"})
 JUDGE_SECRET = ("loganalyzer-judge", {"OPENAI_API_KEY": "OPENAI_API_KEY"})  # the LLM judge's key, if it needs one
 HF_SECRET = ("loganalyzer-hf", {"HF_TOKEN": "HF_TOKEN"})
-UID = 1000
 TARGETS = ("local", "cluster")
 
 # The images already hold kfp (pinned with everything else), so tasks never pip-install it at run time:

@@ -328,6 +328,33 @@ def test_production_mlflow_uses_postgres_and_s3_secrets(renderings):
         assert not [p for p in by_kind(docs, "PersistentVolumeClaim") if p.endswith("mlflow")]
 
 
+def _values_of(obj, key: str) -> set:
+    """Every value of ``key`` at any depth of ``obj``."""
+    if isinstance(obj, dict):
+        return {v for k, v in obj.items() if k == key and not isinstance(v, (dict, list))} | \
+            {x for v in obj.values() for x in _values_of(v, key)}
+    return {x for v in obj for x in _values_of(v, key)} if isinstance(obj, list) else set()
+
+
+def test_cluster_constants_are_the_packages(renderings):
+    """The PVC names, their mount paths and the UID in manifests/ and the chart are loganalyzer.k8s's (what the
+    launchers and the pipeline use)."""
+    from loganalyzer import k8s
+
+    pipeline_claims = {k8s.DATA_PVC, k8s.MODELS_PVC}
+    for name in ("base", "chart"):
+        docs = renderings[name]
+        pvcs = set(by_kind(docs, "PersistentVolumeClaim"))
+        assert pipeline_claims <= pvcs, name
+        pods = [t for d in docs for t in pod_templates(d)]
+        claims = _values_of(pods, "claimName")
+        assert claims <= pvcs and pipeline_claims <= claims, (name, claims)
+        assert _values_of(pods, "runAsUser") == {k8s.UID}, name
+        mounts = {m["mountPath"] for pod in pods for c in pod["spec"]["containers"]
+                  for m in c.get("volumeMounts", []) if m["name"] in ("data", "models")}
+        assert mounts == {k8s.DATA_MOUNT, k8s.MODELS_MOUNT}, (name, mounts)
+
+
 def test_chart_renders_what_kustomize_renders(renderings):
     def kinds_names(docs, prefix):
         return {(d["kind"], d["metadata"]["name"].removeprefix(prefix)) for d in docs if d["kind"] != "Namespace"}

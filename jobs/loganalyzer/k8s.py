@@ -12,10 +12,13 @@ from collections.abc import Callable
 
 from kubernetes import client as k8s
 
+# The suite's cluster constants, defined here once (the launchers, the pipeline; manifests/ and the chart name the
+# same, checked by tests/test_manifests.py). The UID is the images' `USER 1000`.
 APP = "loganalyzer"
 UID = 1000
-# Where the two PVCs are mounted in every pod: data (logs, chunks, datasets, reports) and models (weights,
+# The two PVCs and where every pod mounts them: data (logs, chunks, datasets, reports) and models (weights,
 # checkpoints, trained models).
+DATA_PVC, MODELS_PVC = "loganalyzer-data", "loganalyzer-models"
 DATA_MOUNT = "/data"
 MODELS_MOUNT = "/models"
 

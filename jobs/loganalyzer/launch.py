@@ -58,8 +58,9 @@ class LaunchConfig(StageConfig):
                                       description="nvidia.com/gpu per replica (default: nproc_per_node; 0: CPU)")
     cpu: str | None = Field(default=None, description="CPU request per replica, e.g. '32' (unset: none)")
     memory: str | None = Field(default=None, description="memory request per replica, e.g. '512Gi'")
-    data_pvc: str = Field(default="loganalyzer-data", description="PVC mounted at /data in every replica")
-    models_pvc: str = Field(default="loganalyzer-models", description="PVC mounted at /models in every replica")
+    data_pvc: str = Field(default=kube.DATA_PVC, description=f"PVC mounted at {kube.DATA_MOUNT} in every replica")
+    models_pvc: str = Field(default=kube.MODELS_PVC,
+                            description=f"PVC mounted at {kube.MODELS_MOUNT} in every replica")
     shm_size: str = Field(default="64Gi", description="size of the memory-backed /dev/shm")
     node_selector: dict[str, str] = Field(default={}, description="pod nodeSelector")
     tolerations: list[dict] = Field(default=[], description="pod tolerations (Kubernetes field names)")

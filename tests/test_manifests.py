@@ -23,7 +23,7 @@ from kube_helpers import (
 )
 
 from loganalyzer.k8s import to_dict
-from loganalyzer.launch import TRAIN_ENV, LaunchConfig, pytorchjob
+from loganalyzer.launch import LaunchConfig, pytorchjob, rayjob, template
 
 MANIFESTS = ROOT / "manifests"
 CHART = ROOT / "charts" / "loganalyzer"
@@ -362,26 +362,59 @@ def test_chart_renders_what_kustomize_renders(renderings):
     assert kinds_names(renderings["chart"], "loganalyzer-") == kinds_names(renderings["base"], "loganalyzer-")
 
 
-def test_launcher_builds_the_manifest_pytorchjob(renderings):
-    """`loganalyzer launch` (the pipeline) and manifests/ describe the same trainer pod."""
-    manifest = by_kind(renderings["base"], "PyTorchJob")["loganalyzer-cpt"]
-    from loganalyzer.k8s import to_dict
+def test_launcher_jobs_are_the_manifests_with_only_the_runs_fields():
+    """Runtime as data: `loganalyzer launch` (the pipeline) creates the shipped manifests' jobs, with only the
+    run's fields set (name, recipe and args, image, topology); the manifest's example-run variables go."""
+    manifest = template("pytorchjob")
+    launched = to_dict(pytorchjob(LaunchConfig(name="loganalyzer-cpt", recipe="cpt_full_zero3",
+                                               image="loganalyzer-train", args=["seed=7"])))
+    expected = copy.deepcopy(manifest["spec"])
+    expected["runPolicy"].pop("suspend")
+    pod = expected["pytorchReplicaSpecs"]["Master"]["template"]
+    pod["metadata"]["labels"] |= {"app.kubernetes.io/managed-by": "loganalyzer", "loganalyzer/job": "loganalyzer-cpt"}
+    (container,) = pod["spec"]["containers"]
+    container["args"] = ["--config", "cpt_full_zero3", "seed=7"]
+    container["env"] = [e for e in container["env"] if e["name"] not in ("RUN_ID", "RUN_DIR", "BASE_MODEL")]
+    assert launched["spec"] == expected
+    assert launched["metadata"] == {"name": "loganalyzer-cpt", "namespace": "loganalyzer",
+                                    "labels": {"app.kubernetes.io/component": "train",
+                                               "app.kubernetes.io/name": "loganalyzer",
+                                               "app.kubernetes.io/managed-by": "loganalyzer"}}
+    assert LaunchConfig.default("nproc_per_node") == int(manifest["spec"]["nprocPerNode"])
 
-    launched = to_dict(pytorchjob(LaunchConfig(name="loganalyzer-cpt", recipe="cpt_full_zero3")))
-    m_pod = manifest["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
-    l_pod = launched["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
-    for key in ("securityContext", "serviceAccountName", "automountServiceAccountToken"):
-        assert m_pod[key] == l_pod[key], key
-    assert sorted(m_pod["volumes"], key=lambda v: v["name"]) == sorted(l_pod["volumes"], key=lambda v: v["name"])
-    mc, lc = m_pod["containers"][0], l_pod["containers"][0]
-    for key in ("name", "command", "securityContext", "resources"):
-        assert mc[key] == lc[key], key
-    assert sorted(mc["volumeMounts"], key=str) == sorted(lc["volumeMounts"], key=str)
-    assert {e["name"]: e.get("value") for e in mc["env"]}.items() >= TRAIN_ENV.items()
-    assert sorted(mc["envFrom"], key=str) == sorted(lc["envFrom"], key=str)
-    assert manifest["spec"]["nprocPerNode"] == launched["spec"]["nprocPerNode"]
-    assert {k: v for k, v in manifest["spec"]["runPolicy"].items() if k != "suspend"} == \
-        launched["spec"]["runPolicy"]
+    ray_manifest = template("ray")
+    ray = rayjob(LaunchConfig(name="loganalyzer-sft-ray", recipe="sft_lora", engine="ray", nproc_per_node=4,
+                              image="loganalyzer-train", args=["seed=7"]))
+    assert ray["spec"]["entrypoint"] == ("python -m loganalyzer.train --config sft_lora engine=ray ray_workers=4 "
+                                         "ray_use_gpu=true seed=7")
+    for spec in (ray["spec"], ray_manifest["spec"]):
+        spec.pop("entrypoint"), spec.pop("suspend", None)
+        for pod in pod_templates({"kind": "RayJob", "spec": spec}):
+            pod["metadata"]["labels"].pop("app.kubernetes.io/managed-by", None)
+            pod["metadata"]["labels"].pop("loganalyzer/job", None)
+    assert ray["spec"] == ray_manifest["spec"]
+
+
+def test_launcher_sets_the_runs_resources_and_scheduling():
+    cfg = LaunchConfig(name="x", recipe="sft_lora", nodes=2, nproc_per_node=4, gpus_per_node=0, cpu="8",
+                       memory="32Gi", data_pvc="d", models_pvc="m", shm_size="1Gi", node_selector={"pool": "a"},
+                       tolerations=[{"key": "k", "operator": "Exists"}], env={"HF_HOME": "/x", "NEW": "1"},
+                       secrets=["s"], config_maps=[], service_account="sa", backoff_limit=0, ttl_s=5)
+    job = to_dict(pytorchjob(cfg))
+    assert list(job["spec"]["pytorchReplicaSpecs"]) == ["Worker"] and job["spec"]["elasticPolicy"] == {
+        "rdzvBackend": "c10d", "minReplicas": 2, "maxReplicas": 2}
+    assert job["spec"]["runPolicy"] == {"backoffLimit": 0, "cleanPodPolicy": "None", "ttlSecondsAfterFinished": 5}
+    pod = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["resources"] == {"requests": {"cpu": "8", "memory": "32Gi"}}  # no GPU
+    assert {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["volumes"]
+            if v["name"] in ("data", "models")} == {"data": "d", "models": "m"}
+    assert next(v for v in pod["volumes"] if v["name"] == "dshm")["emptyDir"]["sizeLimit"] == "1Gi"
+    assert (pod["nodeSelector"], pod["tolerations"], pod["serviceAccountName"]) == (
+        {"pool": "a"}, [{"key": "k", "operator": "Exists"}], "sa")
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["HF_HOME"] == "/x" and env["NEW"] == "1" and env["NCCL_DEBUG"] == "WARN"
+    assert c["envFrom"] == [{"secretRef": {"name": "s", "optional": True}}]
 
 
 def _as_the_operator_runs_it(job: dict) -> list[dict]:

@@ -87,11 +87,14 @@ def test_wheel_carries_the_recipes_the_dag_and_the_demo_logs(installed):
                  "loganalyzer/configs/models/llama-3.1-8b-instruct.json", "loganalyzer/dag/cpt_finetune.py",
                  "loganalyzer/dag/cpt-finetune.yaml", "loganalyzer/loghub/HDFS/HDFS_2k.log",
                  "loganalyzer/loghub/HDFS/HDFS_2k.log_structured.csv", "loganalyzer/loghub/LICENSE_loghub.txt",
-                 "loganalyzer/prompts/judge.yaml", "loganalyzer/chat_templates/smollm2.jinja"):
+                 "loganalyzer/prompts/judge.yaml", "loganalyzer/chat_templates/smollm2.jinja",
+                 "loganalyzer/manifests/base/pytorchjob-cpt.yaml",
+                 "loganalyzer/manifests/components/ray-sft/rayjob-sft.yaml"):
         assert path in names, path
     found = subprocess.run([str(installed["venv"] / "bin" / "python"), "-c",
-                            "import loganalyzer.config as c, loganalyzer.pipeline as p; "
-                            "print(c.__file__, c.CONFIGS_DIR, p.DEFINITION, sep='\\n')"],
+                            "import loganalyzer.config as c, loganalyzer.pipeline as p, loganalyzer.launch as la; "
+                            "print(c.__file__, c.CONFIGS_DIR, p.DEFINITION, la.shipped('manifests'), sep='\\n'); "
+                            "la.pytorchjob(la.LaunchConfig(name='x', recipe='sft_lora'))"],
                            cwd=installed["work"], env=installed["env"], capture_output=True, text=True, check=True)
     for line in found.stdout.split():  # the wheel's own copies, not the checkout's
         assert Path(line).is_relative_to(installed["purelib"]), found.stdout

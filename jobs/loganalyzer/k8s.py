@@ -1,4 +1,5 @@
-"""Kubernetes pieces shared by the launchers (``launch``: PyTorchJobs, ``deploy``: InferenceServices).
+"""Kubernetes pieces shared by the launchers (``launch``: PyTorchJobs and RayJobs from the shipped manifests,
+``deploy``: InferenceServices).
 
 Every pod the suite creates gets the same hardened security context as the pods in ``manifests/`` and the Helm
 chart: non-root UID 1000, no privilege escalation, all capabilities dropped, seccomp ``RuntimeDefault`` and a
@@ -59,27 +60,6 @@ def scratch_volumes(shm_size: str | None) -> tuple[list[k8s.V1Volume], list[k8s.
                                                                                         size_limit=shm_size)))
         mounts.append(k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"))
     return volumes, mounts
-
-
-# Recipes and DeepSpeed JSON: the ConfigMaps generated from jobs/configs (manifests/, chart) projected into one
-# directory, searched before the copy baked into the image (see loganalyzer.config.configs_dirs).
-CONFIGS_MOUNT = "/etc/loganalyzer/configs"
-IMAGE_CONFIGS = "/opt/loganalyzer/configs"
-CONFIGS_PATH = f"{CONFIGS_MOUNT}:{IMAGE_CONFIGS}"
-DEEPSPEED_FILES = ("zero3.json",)
-
-
-def configs_volume() -> tuple[k8s.V1Volume, k8s.V1VolumeMount]:
-    """The projected ConfigMap volume with the recipes at its root and ``deepspeed/*.json`` below it (optional:
-    without the ConfigMaps the image's copy is used)."""
-    sources = [
-        k8s.V1VolumeProjection(config_map=k8s.V1ConfigMapProjection(name="loganalyzer-recipes", optional=True)),
-        k8s.V1VolumeProjection(config_map=k8s.V1ConfigMapProjection(
-            name="loganalyzer-deepspeed", optional=True,
-            items=[k8s.V1KeyToPath(key=f, path=f"deepspeed/{f}") for f in DEEPSPEED_FILES])),
-    ]
-    return (k8s.V1Volume(name="configs", projected=k8s.V1ProjectedVolumeSource(sources=sources)),
-            k8s.V1VolumeMount(name="configs", mount_path=CONFIGS_MOUNT, read_only=True))
 
 
 def env_list(env: dict[str, str]) -> list[k8s.V1EnvVar]:

@@ -8,9 +8,11 @@ node; ``nodes`` Workers with a c10d rendezvous on worker-0 (``elasticPolicy`` mi
 that the operator adds no init container that Pod Security "restricted" would refuse. The Training Operator sets
 ``PET_NNODES``, ``PET_NPROC_PER_NODE`` and the master address or rendezvous endpoint, which torchrun reads, so the
 same recipe runs on 1×8 or 2×4 GPUs with no change; the world size is never in training code. Created, watched
-and deleted through ``kubeflow-training``'s ``TrainingClient``.
+and deleted through ``kubeflow-training``'s ``TrainingClient``. The job is ``manifests/base/pytorchjob-cpt.yaml``
+(shipped in the wheel) with only the run's fields set (``pytorchjob``): the hardened trainer pod is defined there.
 
-``engine=ray`` creates a RayJob instead (through the Kubernetes API): a CPU head and ``nodes x nproc_per_node``
+``engine=ray`` creates a RayJob instead (through the Kubernetes API; ``manifests/components/ray-sft/rayjob-sft.yaml``
+with the run's fields): a CPU head and ``nodes x nproc_per_node``
 single-GPU workers, whose entrypoint runs the same recipe with ``engine=ray`` (Ray Train's ``TorchTrainer``, one
 rank per worker). Its state comes from ``status.jobDeploymentStatus`` / ``jobStatus``.
 
@@ -25,18 +27,23 @@ Behaviour the pipeline relies on:
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
+import re
 import shlex
 import sys
 import threading
 import time
 from typing import Literal
 
+import yaml
 from kubernetes import client as k8s
 from pydantic import Field
 
 from loganalyzer import k8s as kube
 from loganalyzer.config import StageConfig, parse_config
+from loganalyzer.resources import shipped
 
 log = logging.getLogger("loganalyzer.launch")
 
@@ -44,7 +51,8 @@ K8S_NAME = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
 
 class LaunchConfig(StageConfig):
-    """Run ``loganalyzer.train`` with a recipe as a PyTorchJob (torchrun on every replica) or a RayJob, and wait."""
+    """Run ``loganalyzer.train`` with a recipe as a PyTorchJob (torchrun on every replica) or a RayJob, and wait.
+    Fields left unset (None) keep what the shipped manifest (``TEMPLATES``) says."""
 
     name: str = Field(pattern=K8S_NAME, max_length=48,
                       description="PyTorchJob name (pods: <name>-master-0 on one node, <name>-worker-N on more)")
@@ -61,18 +69,17 @@ class LaunchConfig(StageConfig):
     data_pvc: str = Field(default=kube.DATA_PVC, description=f"PVC mounted at {kube.DATA_MOUNT} in every replica")
     models_pvc: str = Field(default=kube.MODELS_PVC,
                             description=f"PVC mounted at {kube.MODELS_MOUNT} in every replica")
-    shm_size: str = Field(default="64Gi", description="size of the memory-backed /dev/shm")
+    shm_size: str | None = Field(default=None, description="size of the memory-backed /dev/shm")
     node_selector: dict[str, str] = Field(default={}, description="pod nodeSelector")
     tolerations: list[dict] = Field(default=[], description="pod tolerations (Kubernetes field names)")
-    env: dict[str, str] = Field(default={}, description="extra environment for the trainer")
-    secrets: list[str] = Field(default=["loganalyzer-mlflow", "loganalyzer-hf"],
-                               description="Secrets whose keys become env vars (envFrom, optional)")
-    config_maps: list[str] = Field(default=["loganalyzer-tracking"],
-                                   description="ConfigMaps whose keys become env vars (envFrom, optional)")
-    service_account: str = Field(default="loganalyzer-train",
-                                 description="ServiceAccount of the trainer pods (needs no API access)")
-    backoff_limit: int = Field(default=3, ge=0, description="pod restarts before the job is Failed")
-    ttl_s: int = Field(default=86400, ge=0, description="delete the finished job after this many seconds")
+    env: dict[str, str] = Field(default={}, description="extra environment for the trainer (over the manifest's)")
+    secrets: list[str] | None = Field(default=None,
+                                      description="Secrets whose keys become env vars (envFrom, optional)")
+    config_maps: list[str] | None = Field(default=None,
+                                          description="ConfigMaps whose keys become env vars (envFrom, optional)")
+    service_account: str | None = Field(default=None, description="ServiceAccount of the trainer pods")
+    backoff_limit: int | None = Field(default=None, ge=0, description="pod restarts before the job is Failed")
+    ttl_s: int | None = Field(default=None, ge=0, description="delete the finished job after this many seconds")
     timeout_s: int = Field(default=7 * 86400, gt=0, description="give up (and delete the job) after this")
     poll_s: float = Field(default=30, gt=0, description="seconds between status checks")
     follow_logs: bool = Field(default=True, description="PyTorchJob: stream the master pod's log once Running")
@@ -81,106 +88,132 @@ class LaunchConfig(StageConfig):
                                           "the recipe with engine=ray, one single-GPU Ray worker per rank")
 
 
-# Environment every trainer pod gets (NCCL: fail fast on a hung collective instead of hanging a node for hours;
-# the CUDA allocator grows segments instead of fragmenting on ZeRO-3's and packing's varying sizes).
-TRAIN_ENV = {
-    "HOME": "/tmp",
-    "LOGANALYZER_CONFIGS_DIR": kube.CONFIGS_PATH,
-    "HF_HOME": f"{kube.DATA_MOUNT}/hf-cache",
-    "TRITON_CACHE_DIR": "/tmp/triton",
-    "NCCL_DEBUG": "WARN",
-    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
-    "PYTHONUNBUFFERED": "1",
-    "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",  # less fragmentation from varying buffer sizes
-}
+# Runtime as data: each job is the object in manifests/ (shipped in the wheel, loganalyzer.resources), with only
+# the run's fields set here; the hardened trainer pod (security contexts, env, volumes, the recipes' ConfigMaps) is
+# defined there once.
+TEMPLATES = {"pytorchjob": "base/pytorchjob-cpt.yaml", "ray": "components/ray-sft/rayjob-sft.yaml"}
+_VAR = re.compile(r"\$\((\w+)\)")
 
 
-def _trainer_pod(cfg: LaunchConfig, container: str, gpus: int, command: list[str] | None,
-                 args: list[str] | None) -> k8s.V1PodTemplateSpec:
-    """The hardened trainer pod both job kinds use: data/models PVCs, recipes, /tmp and /dev/shm, GPUs."""
-    requests = {k: v for k, v in (("cpu", cfg.cpu), ("memory", cfg.memory)) if v}
-    limits = {}
-    if gpus:
-        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(gpus)
-    volumes, mounts = kube.scratch_volumes(cfg.shm_size)
-    for name, claim, path in (("data", cfg.data_pvc, kube.DATA_MOUNT), ("models", cfg.models_pvc, kube.MODELS_MOUNT)):
-        volumes.append(k8s.V1Volume(name=name, persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-            claim_name=claim)))
-        mounts.append(k8s.V1VolumeMount(name=name, mount_path=path))
-    configs, configs_mount = kube.configs_volume()
-    volumes.append(configs)
-    mounts.append(configs_mount)
-    main = k8s.V1Container(
-        name=container, image=cfg.image, command=command, args=args,
-        env=kube.env_list({**TRAIN_ENV, **cfg.env}), env_from=kube.env_from(cfg.secrets, cfg.config_maps),
-        resources=k8s.V1ResourceRequirements(requests=requests or None, limits=limits or None),
-        volume_mounts=mounts, security_context=kube.container_security_context())
-    return k8s.V1PodTemplateSpec(
-        metadata=k8s.V1ObjectMeta(labels=kube.labels("train", **{"loganalyzer/job": cfg.name}),
-                                  annotations=kube.BATCH_POD_ANNOTATIONS),
-        spec=k8s.V1PodSpec(containers=[main], volumes=volumes, service_account_name=cfg.service_account,
-                           automount_service_account_token=False,
-                           security_context=kube.pod_security_context(), node_selector=cfg.node_selector or None,
-                           tolerations=kube.tolerations(cfg.tolerations) or None))
+def template(engine: str) -> dict:
+    """The shipped manifest a job of ``engine`` (``pytorchjob`` or ``ray``) is made from, as a dict."""
+    return yaml.safe_load((shipped("manifests") / TEMPLATES[engine]).read_text())
+
+
+def _example_vars(container: dict) -> set[str]:
+    """The env vars the manifest's own example run uses in its args (``$(RUN_DIR)``...), with those they use."""
+    env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+    names = set(_VAR.findall(" ".join(container.get("args", []))))
+    while extra := {v for n in names for v in _VAR.findall(env.get(n, ""))} - names:
+        names |= extra
+    return names
+
+
+def _fit_pod(template_: dict, cfg: LaunchConfig, gpus: int, args: list[str] | None = None) -> dict:
+    """The manifest's pod template with this run's image, args, resources, PVCs, scheduling and env."""
+    pod = copy.deepcopy(template_)
+    pod["metadata"]["labels"] = {**pod["metadata"].get("labels", {}), **kube.labels("train"),
+                                 "loganalyzer/job": cfg.name}
+    spec = pod["spec"]
+    for key, value in (("nodeSelector", cfg.node_selector), ("tolerations", cfg.tolerations)):
+        if value or key in spec:
+            spec[key] = value
+    if cfg.service_account:
+        spec["serviceAccountName"] = cfg.service_account
+    claims = {"data": cfg.data_pvc, "models": cfg.models_pvc}
+    for volume in spec.get("volumes", []):
+        if volume["name"] in claims:
+            volume["persistentVolumeClaim"]["claimName"] = claims[volume["name"]]
+        if volume["name"] == "dshm" and cfg.shm_size:
+            volume["emptyDir"]["sizeLimit"] = cfg.shm_size
+    (container,) = spec["containers"]
+    container["image"] = cfg.image
+    if args is not None:
+        dropped = _example_vars(container)
+        container["args"] = args
+        env = {e["name"]: e for e in container.get("env", []) if e["name"] not in dropped}
+        container["env"] = list({**env, **{k: {"name": k, "value": str(v)} for k, v in cfg.env.items()}}.values())
+    if cfg.secrets is not None or cfg.config_maps is not None:
+        old = container.get("envFrom", [])
+        maps = cfg.config_maps if cfg.config_maps is not None else [r["configMapRef"]["name"] for r in old
+                                                                     if "configMapRef" in r]
+        secrets = cfg.secrets if cfg.secrets is not None else [r["secretRef"]["name"] for r in old if "secretRef" in r]
+        container["envFrom"] = kube.to_dict(kube.env_from(secrets, maps))
+    resources = container.pop("resources", {})
+    for kind in ("requests", "limits"):
+        resources.setdefault(kind, {}).pop("nvidia.com/gpu", None)
+        if gpus:
+            resources[kind]["nvidia.com/gpu"] = str(gpus)
+    resources["requests"].update({k: v for k, v in (("cpu", cfg.cpu), ("memory", cfg.memory)) if v})
+    if resources := {k: v for k, v in resources.items() if v}:
+        container["resources"] = resources
+    return pod
 
 
 def _gpus(cfg: LaunchConfig) -> int:
     return cfg.nproc_per_node if cfg.gpus_per_node is None else cfg.gpus_per_node
 
 
-def pytorchjob(cfg: LaunchConfig):
-    """The ``KubeflowOrgV1PyTorchJob`` for ``cfg`` (container ``pytorch``, restartPolicy OnFailure)."""
-    from kubeflow.training import (
-        KubeflowOrgV1ElasticPolicy,
-        KubeflowOrgV1PyTorchJob,
-        KubeflowOrgV1PyTorchJobSpec,
-        KubeflowOrgV1ReplicaSpec,
-        KubeflowOrgV1RunPolicy,
-    )
+def _fit_job(job: dict, cfg: LaunchConfig) -> dict:
+    job["metadata"] = {"name": cfg.name, "namespace": cfg.namespace,
+                       "labels": {**job["metadata"].get("labels", {}), **kube.labels("train")}}
+    return job
 
-    pod = _trainer_pod(cfg, "pytorch", _gpus(cfg), ["torchrun", "--module", "loganalyzer.train"],
-                       ["--config", cfg.recipe, *cfg.args])
-    elastic = None
+
+def pytorchjob(cfg: LaunchConfig):
+    """The ``KubeflowOrgV1PyTorchJob`` for ``cfg``: ``manifests/base/pytorchjob-cpt.yaml`` with the run's recipe
+    and args, topology, resources and names, not suspended. One node: a Master; several: that many Workers with
+    torchrun's c10d rendezvous (``elasticPolicy`` min = max = nodes)."""
+    from kubeflow.training import KubeflowOrgV1PyTorchJob
+    from kubeflow.training.api_client import ApiClient
+
+    job = _fit_job(template("pytorchjob"), cfg)
+    spec = job["spec"]
+    (master,) = spec["pytorchReplicaSpecs"].values()
+    pod = _fit_pod(master["template"], cfg, _gpus(cfg), ["--config", cfg.recipe, *cfg.args])
+    spec["nprocPerNode"] = str(cfg.nproc_per_node)
+    run_policy = spec["runPolicy"]
+    run_policy.pop("suspend", None)
+    for key, value in (("backoffLimit", cfg.backoff_limit), ("ttlSecondsAfterFinished", cfg.ttl_s)):
+        if value is not None:
+            run_policy[key] = value
     if cfg.nodes == 1:
-        replicas = {"Master": KubeflowOrgV1ReplicaSpec(replicas=1, restart_policy="OnFailure", template=pod)}
+        spec["pytorchReplicaSpecs"] = {"Master": {**master, "replicas": 1, "template": pod}}
     else:
         # Workers only, with torchrun's c10d rendezvous on worker-0 (PET_RDZV_*, PET_NNODES=n:n): the operator
         # injects its init-pytorch container (alpine, no securityContext) into the Workers of a job that has a
         # Master (training-operator v1.9 pkg/controller.v1/pytorch/initcontainer.go), which Pod Security
         # "restricted" forbids; without a Master it injects none, and worker-0 takes the master role (logs).
-        replicas = {"Worker": KubeflowOrgV1ReplicaSpec(replicas=cfg.nodes, restart_policy="OnFailure", template=pod)}
-        elastic = KubeflowOrgV1ElasticPolicy(rdzv_backend="c10d", min_replicas=cfg.nodes, max_replicas=cfg.nodes)
-    return KubeflowOrgV1PyTorchJob(
-        api_version="kubeflow.org/v1", kind="PyTorchJob",
-        metadata=k8s.V1ObjectMeta(name=cfg.name, namespace=cfg.namespace, labels=kube.labels("train")),
-        spec=KubeflowOrgV1PyTorchJobSpec(
-            nproc_per_node=str(cfg.nproc_per_node), pytorch_replica_specs=replicas, elastic_policy=elastic,
-            run_policy=KubeflowOrgV1RunPolicy(backoff_limit=cfg.backoff_limit, clean_pod_policy="None",
-                                              ttl_seconds_after_finished=cfg.ttl_s)))
+        spec["pytorchReplicaSpecs"] = {"Worker": {**master, "replicas": cfg.nodes, "template": pod}}
+        spec["elasticPolicy"] = {"rdzvBackend": "c10d", "minReplicas": cfg.nodes, "maxReplicas": cfg.nodes}
+
+    class _Response:  # what ApiClient.deserialize reads: the JSON the API server would return
+        data = json.dumps(job)
+
+    return ApiClient().deserialize(_Response(), KubeflowOrgV1PyTorchJob.__name__)
 
 
 def rayjob(cfg: LaunchConfig) -> dict:
-    """The KubeRay ``RayJob`` for ``cfg``: a CPU head and ``nodes x nproc_per_node`` workers with one GPU each (CPU
-    workers when ``gpus_per_node`` is 0), running the recipe with ``engine=ray`` (one Ray Train rank per worker)."""
+    """The KubeRay ``RayJob`` for ``cfg``: ``manifests/components/ray-sft/rayjob-sft.yaml`` with a CPU head and
+    ``nodes x nproc_per_node`` workers with one GPU each (CPU workers when ``gpus_per_node`` is 0), running the
+    recipe with ``engine=ray`` (one Ray Train rank per worker), not suspended."""
     workers = cfg.nodes * cfg.nproc_per_node
     gpu = 1 if _gpus(cfg) else 0
-    entrypoint = shlex.join(["python", "-m", "loganalyzer.train", "--config", cfg.recipe, "engine=ray",
-                             f"ray_workers={workers}", f"ray_use_gpu={str(bool(gpu)).lower()}", *cfg.args])
-    head = kube.to_dict(_trainer_pod(cfg, "ray-head", 0, None, None))
-    worker = kube.to_dict(_trainer_pod(cfg, "ray-worker", gpu, None, None))
-    submitter = kube.to_dict(_trainer_pod(cfg, "ray-job-submitter", 0, None, None))
-    submitter["spec"]["restartPolicy"] = "Never"
-    return {
-        "apiVersion": "ray.io/v1", "kind": "RayJob",
-        "metadata": {"name": cfg.name, "namespace": cfg.namespace, "labels": kube.labels("train")},
-        "spec": {
-            "entrypoint": entrypoint, "shutdownAfterJobFinishes": True, "ttlSecondsAfterFinished": cfg.ttl_s,
-            "backoffLimit": cfg.backoff_limit, "submitterPodTemplate": submitter,
-            "rayClusterSpec": {
-                "headGroupSpec": {"rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-                                  "template": head},
-                "workerGroupSpecs": [{"groupName": "workers", "replicas": workers, "minReplicas": workers,
-                                      "maxReplicas": workers, "rayStartParams": {}, "template": worker}]}}}
+    job = _fit_job(template("ray"), cfg)
+    spec = job["spec"]
+    spec.pop("suspend", None)
+    spec["entrypoint"] = shlex.join(["python", "-m", "loganalyzer.train", "--config", cfg.recipe, "engine=ray",
+                                     f"ray_workers={workers}", f"ray_use_gpu={str(bool(gpu)).lower()}", *cfg.args])
+    for key, value in (("backoffLimit", cfg.backoff_limit), ("ttlSecondsAfterFinished", cfg.ttl_s)):
+        if value is not None:
+            spec[key] = value
+    spec["submitterPodTemplate"] = _fit_pod(spec["submitterPodTemplate"], cfg, 0)
+    cluster = spec["rayClusterSpec"]
+    cluster["headGroupSpec"]["template"] = _fit_pod(cluster["headGroupSpec"]["template"], cfg, 0)
+    (group,) = cluster["workerGroupSpecs"]
+    group.update(replicas=workers, minReplicas=workers, maxReplicas=workers,
+                 template=_fit_pod(group["template"], cfg, gpu))
+    return job
 
 
 class JobFailed(RuntimeError):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 CHECKOUT = PACKAGE.parents[1]  # the repository root, when the package is used from a checkout
-SHIPPED = {"configs": "jobs/configs", "dag": "pipelines", "loghub": "data/loghub"}
+SHIPPED = {"configs": "jobs/configs", "dag": "pipelines", "loghub": "data/loghub", "manifests": "manifests"}
 
 
 def shipped(name: str) -> Path:

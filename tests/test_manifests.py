@@ -395,6 +395,48 @@ def test_launcher_jobs_are_the_manifests_with_only_the_runs_fields():
     assert ray["spec"] == ray_manifest["spec"]
 
 
+def _trainer_pods(job: dict) -> list[dict]:
+    """A trainer job's pod specs in a comparable form: lists of named items sorted by name, empty scheduling
+    fields dropped, and without what only names an example run (its args, entrypoint and their variables)."""
+    pods = []
+    for template_ in pod_templates(job):
+        spec = copy.deepcopy(template_["spec"])
+        for key in ("nodeSelector", "tolerations"):
+            if not spec.get(key):
+                spec.pop(key, None)
+        spec["volumes"] = sorted(spec.get("volumes", []), key=lambda v: v["name"])
+        for c in spec["containers"]:
+            c.pop("args", None)
+            c["image"] = c["image"].rsplit("/", 1)[-1].split(":")[0]  # kustomize and Helm name the registry, tag
+            c["volumeMounts"] = sorted(c.get("volumeMounts", []), key=lambda m: m["name"])
+            c["env"] = sorted((e for e in c.get("env", []) if e["name"] not in EXAMPLE_RUN_VARS),
+                              key=lambda e: e["name"])
+        pods.append(spec)
+    return pods
+
+
+EXAMPLE_RUN_VARS = ("RUN_ID", "RUN_DIR", "BASE_MODEL", "SFT_FROM", "SFT_NAME")
+
+
+def test_chart_trainer_jobs_are_the_manifests(renderings):
+    """The chart renders the trainer jobs itself (Helm cannot read manifests/); they must stay the manifests'
+    (the one source the launcher also uses), pod for pod."""
+    ray_chart = helm_template(CHART, "--set", "raySft.enabled=true")  # with every other value at its default
+    for kind, manifests, chart in (("PyTorchJob", renderings["base"], renderings["chart"]),
+                                   ("RayJob", renderings["overlays/production+ray-sft"], ray_chart)):
+        manifests, chart = by_kind(manifests, kind), by_kind(chart, kind)
+        assert manifests and set(chart) == set(manifests), kind
+        for name, job in manifests.items():
+            assert _trainer_pods(chart[name]) == _trainer_pods(job), name
+            for key in ("runPolicy", "nprocPerNode", "backoffLimit", "ttlSecondsAfterFinished",
+                        "shutdownAfterJobFinishes"):
+                assert chart[name]["spec"].get(key) == job["spec"].get(key), (name, key)
+            if kind == "RayJob":
+                strip = [{k: v for k, v in g.items() if k != "template"}
+                         for g in (chart[name], job) for g in g["spec"]["rayClusterSpec"]["workerGroupSpecs"]]
+                assert strip[0] == strip[1], name
+
+
 def test_launcher_sets_the_runs_resources_and_scheduling():
     cfg = LaunchConfig(name="x", recipe="sft_lora", nodes=2, nproc_per_node=4, gpus_per_node=0, cpu="8",
                        memory="32Gi", data_pvc="d", models_pvc="m", shm_size="1Gi", node_selector={"pool": "a"},

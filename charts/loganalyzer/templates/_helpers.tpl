@@ -139,6 +139,18 @@ containers:
   - name: {{ index . 1 }}
     image: {{ include "loganalyzer.image" (list $root "train") }}
     imagePullPolicy: {{ $root.Values.images.pullPolicy }}
+    {{- if eq (index . 1) "ray-head" }}
+    ports:
+      - name: gcs
+        containerPort: 6379
+        protocol: TCP
+      - name: dashboard
+        containerPort: 8265
+        protocol: TCP
+      - name: client
+        containerPort: 10001
+        protocol: TCP
+    {{- end }}
     env: {{- include "loganalyzer.env" $root | nindent 6 }}
       - name: TRITON_CACHE_DIR
         value: /tmp/triton

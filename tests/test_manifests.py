@@ -437,6 +437,21 @@ def test_chart_trainer_jobs_are_the_manifests(renderings):
                 assert strip[0] == strip[1], name
 
 
+def test_sft_pytorchjob_is_the_cpt_one_with_its_run_and_gpus(renderings):
+    """manifests/base holds two PyTorchJobs (kustomize has no way to derive one object from another): the SFT one
+    must be the CPT one (the launcher's template) but for its example run and GPU count."""
+    jobs = by_kind(renderings["base"], "PyTorchJob")
+    cpt, sft = (_trainer_pods(jobs[f"loganalyzer-{n}"]) for n in ("cpt", "sft"))
+    for pods in (cpt, sft):
+        for c in pods[0]["containers"]:
+            c.pop("resources")
+    assert sft == cpt
+    rest = [{k: v for k, v in jobs[f"loganalyzer-{n}"]["spec"].items() if k not in ("pytorchReplicaSpecs",
+                                                                                  "nprocPerNode")}
+            for n in ("cpt", "sft")]
+    assert rest[0] == rest[1]
+
+
 def test_launcher_sets_the_runs_resources_and_scheduling():
     cfg = LaunchConfig(name="x", recipe="sft_lora", nodes=2, nproc_per_node=4, gpus_per_node=0, cpu="8",
                        memory="32Gi", data_pvc="d", models_pvc="m", shm_size="1Gi", node_selector={"pool": "a"},

@@ -145,12 +145,12 @@ def generate_local(model_dir: str, prompts: list[list[dict]], cfg: EvaluateConfi
 
 def generate_endpoint(model: str, prompts: list[list[dict]], cfg: EvaluateConfig) -> list[str]:
     """Greedy answers from an OpenAI-compatible endpoint (``temperature=0``), ``concurrency`` at a time."""
-    import os
-
     from openai import OpenAI
     from tqdm import tqdm
 
-    client = OpenAI(base_url=cfg.endpoint, api_key=os.environ.get("OPENAI_API_KEY", "not-needed"), max_retries=6)
+    from loganalyzer.openai_api import api_key
+
+    client = OpenAI(base_url=cfg.endpoint, api_key=api_key(cfg.endpoint, "--endpoint"), max_retries=6)
 
     def ask(p: list[dict]) -> str:
         r = client.chat.completions.create(model=model, messages=p, temperature=0, max_tokens=cfg.max_new_tokens)

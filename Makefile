@@ -48,7 +48,7 @@ demo: install ## run the whole pipeline on one machine (kfp local runner, SmolLM
 test: install ## all tests: unit + integration (tiny models, the real demo model and the demo); GPU tests skip without a GPU
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-fast: install ## unit tests that build no model and start no server or browser (under a minute)
+test-fast: install ## tests that build or load no model and start no server or browser (52 s here)
 	$(BIN)/python -m pytest -q -m "not integration and not heavy" $(PYTEST_ARGS)
 
 $(LINT_VENV)/bin/checkov: requirements-lint.txt

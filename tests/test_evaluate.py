@@ -60,6 +60,7 @@ def test_missing_model_dir_is_a_usage_error(tiny_env, tmp_path):
                            out=str(tmp_path)))
 
 
+@pytest.mark.heavy  # Presidio's spaCy pipeline and a loopback endpoint
 def test_endpoint_prompts_and_references_are_redacted_alike(tmp_path):
     """`redact: on` (or auto toward a non-loopback endpoint): no secret reaches the endpoint, and the reference
     names the host by the pseudonym the model was shown."""

@@ -56,6 +56,7 @@ def test_rubric_and_settings():
         JudgeSettings(judge_endpoint="http://127.0.0.1:1/v1")
 
 
+@pytest.mark.heavy  # a loopback endpoint and real retry back-off
 def test_scores_follow_the_answers_and_late_429_and_500_replies_are_retried(tmp_path):
     prompts = [r["messages"][:1] for r in _rows(4)]
     answers = {"good": [REF] * 4, "bad": ["The disk is full on node-9."] * 4}

@@ -183,6 +183,7 @@ def _loghub_logs() -> list[Path]:
     return logs
 
 
+@pytest.mark.heavy  # Presidio's spaCy pipeline over whole Loghub files
 def test_false_positives_on_loghub_are_under_one_percent():
     """Lines changed by anything but IP/e-mail pseudonymisation, per system, on 100-line chunks of the real
     Loghub samples (the bundled ones, and all 14 systems when ../shared/data is there)."""

@@ -35,6 +35,7 @@ def _keys(path):
     return [(r["chunk_id"], r["task"], r["model"]) for r in read_jsonl(path)]
 
 
+@pytest.mark.heavy  # a loopback endpoint and real retry back-off
 def test_faults_are_retried_validated_and_counted(tmp_path, chunks):
     with FakeOpenAI(schedule=DEFAULT_SCHEDULE, timeout_sleep_s=1.0, retry_after_ms=300) as srv:
         s = run(_cfg(tmp_path, chunks, srv, validation_retries=0))

@@ -136,10 +136,10 @@ def kube(tmp_path_factory):
 
 
 # Fixtures that build a model or start a server (kube-apiserver, MLflow, `loganalyzer serve` and the chatbot for the
-# browser, the fake KFP API, the chatbot tests' fake endpoint): every test that uses one, directly or through another
-# fixture, is marked `heavy`, and `make test-fast` leaves those out. Tests that do such work inline (Presidio's
-# spaCy pipeline, a loopback endpoint with retry back-off) carry the marker themselves.
-HEAVY_FIXTURES = {"tiny_env", "smollm2", "kube", "mlflow_server", "served", "fake_kfp", "server"}
+# browser, the fake KFP API, the chatbot tests' fake OpenAI endpoint): every test that uses one, directly or through
+# another fixture, is marked `heavy`, and `make test-fast` leaves those out. Tests that do such work inline
+# (Presidio's spaCy pipeline, a loopback endpoint with retry back-off) carry the marker themselves.
+HEAVY_FIXTURES = {"tiny_env", "smollm2", "kube", "mlflow_server", "served", "fake_kfp", "fake_endpoint"}
 
 
 def pytest_collection_modifyitems(items):

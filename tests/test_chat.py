@@ -50,7 +50,7 @@ def test_split_log_keeps_whole_lines_within_budget():
 
 
 @pytest.fixture
-def server():
+def fake_endpoint():
     with FakeOpenAI(model="fake-served") as srv:
         yield srv
 
@@ -71,62 +71,62 @@ def _chunk():
     return "\n".join(loghub_file("OpenSSH").read_text().splitlines()[:80])
 
 
-def test_summarize_button_streams_the_answer_with_the_training_prompt(server):
-    at = _app(server.base_url)
+def test_summarize_button_streams_the_answer_with_the_training_prompt(fake_endpoint):
+    at = _app(fake_endpoint.base_url)
     assert _button(at, "task-summarize").disabled  # no log yet
     log = _chunk()
     at.text_area(key="pasted").input(log).run()
     assert "80 lines" in at.info[0].value
     _button(at, "task-summarize").click().run()
     assert not at.exception
-    body = server.bodies[-1]
+    body = fake_endpoint.bodies[-1]
     assert body["stream"] is True and body["model"] == "fake-served"  # the first model the endpoint lists
     assert body["messages"] == [{"role": "user", "content": load_prompts().user_turn("summarize", log)}]
     replies = [m for m in at.chat_message if m.name == "assistant"]
     assert len(replies) == 1 and "The log has 80 lines" in replies[0].markdown[0].value
-    assert f"answered by fake-served at {server.base_url}" in replies[0].caption[0].value
+    assert f"answered by fake-served at {fake_endpoint.base_url}" in replies[0].caption[0].value
 
     # a free-form follow-up carries the history; the log is not sent again
     at.chat_input[0].set_value("Which host failed most?").run()
-    body = server.bodies[-1]
+    body = fake_endpoint.bodies[-1]
     assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
     assert body["messages"][-1]["content"] == "Which host failed most?"
     assert len([m for m in at.chat_message if m.name == "assistant"]) == 2
     assert not [t for t in at.text_area if t.key == "pasted"]  # the log is fixed once the conversation started
 
 
-def test_free_question_first_carries_the_log_and_markdown_download(server):
-    at = _app(server.base_url, model="fake-served")
+def test_free_question_first_carries_the_log_and_markdown_download(fake_endpoint):
+    at = _app(fake_endpoint.base_url, model="fake-served")
     log = _chunk()
     at.text_area(key="pasted").input(log).run()
     at.chat_input[0].set_value("Why did sshd close connections?").run()
-    assert server.bodies[-1]["messages"][0]["content"] == \
+    assert fake_endpoint.bodies[-1]["messages"][0]["content"] == \
         "Why did sshd close connections?\n\nLog content:\n\n" + log
     chat = at.session_state["chat"]
     md = chat.to_markdown()
     assert md.startswith("# loganalyzer conversation") and "**You:** Why did sshd close connections?" in md
-    assert f"(fake-served at {server.base_url})" in md and log.splitlines()[0] in md
+    assert f"(fake-served at {fake_endpoint.base_url})" in md and log.splitlines()[0] in md
 
 
-def test_long_log_is_analysed_in_parts_with_a_notice(server):
-    at = _app(server.base_url, context_tokens=2048, max_tokens=256)
+def test_long_log_is_analysed_in_parts_with_a_notice(fake_endpoint):
+    at = _app(fake_endpoint.base_url, context_tokens=2048, max_tokens=256)
     log = "\n".join(loghub_file("HDFS").read_text().splitlines()[:400])
     at.text_area(key="pasted").input(log).run()
     assert "analysed in parts" in at.info[0].value
-    before = len(server.bodies)
+    before = len(fake_endpoint.bodies)
     _button(at, "task-root_cause").click().run()
     assert not at.exception
     chat = at.session_state["chat"]
     n_parts = len(split_log(log, chat.count, chat.log_budget))
-    assert n_parts > 1 and len(server.bodies) - before == n_parts + 1  # map, then one merge
-    map_prompts = [b["messages"][0]["content"] for b in server.bodies[before:before + n_parts]]
+    assert n_parts > 1 and len(fake_endpoint.bodies) - before == n_parts + 1  # map, then one merge
+    map_prompts = [b["messages"][0]["content"] for b in fake_endpoint.bodies[before:before + n_parts]]
     assert all(p.startswith(load_prompts().question("root_cause")) for p in map_prompts)
     assert "".join(p.split("Log content:\n\n", 1)[1] for p in map_prompts).strip() == log.strip()
-    assert server.bodies[-1]["messages"][0]["content"].startswith("The log below was too long")
+    assert fake_endpoint.bodies[-1]["messages"][0]["content"].startswith("The log below was too long")
     assert f"analysed in {n_parts} parts" in at.warning[0].value
 
 
-def test_endpoint_down_then_retry_keeps_the_conversation(server):
+def test_endpoint_down_then_retry_keeps_the_conversation(fake_endpoint):
     from loganalyzer.serve import free_port
 
     dead = f"http://127.0.0.1:{free_port()}/v1"
@@ -137,9 +137,9 @@ def test_endpoint_down_then_retry_keeps_the_conversation(server):
     assert "cannot reach" in at.error[0].value and dead in at.error[0].value
     assert [m.name for m in at.chat_message] == ["user", "assistant"]  # the question stays on the page
     # the user fixes the endpoint in the sidebar and retries: same request, conversation kept
-    at.text_input(key="endpoint").input(server.base_url).run()
+    at.text_input(key="endpoint").input(fake_endpoint.base_url).run()
     _button(at, "retry").click().run()
-    assert not at.error and server.bodies[-1]["messages"][0]["content"].startswith(
+    assert not at.error and fake_endpoint.bodies[-1]["messages"][0]["content"].startswith(
         load_prompts().question("find_patterns"))
     assert len(at.session_state["chat"].turns) == 1 and at.session_state["chat"].turns[0].reply
 
@@ -166,8 +166,8 @@ def test_http_errors_timeouts_and_an_endpoint_without_models():
         chat.model()
 
 
-def test_new_chat_clears_everything(server):
-    at = _app(server.base_url)
+def test_new_chat_clears_everything(fake_endpoint):
+    at = _app(fake_endpoint.base_url)
     at.text_area(key="pasted").input(_chunk()).run()
     _button(at, "task-compare_halves").click().run()
     assert at.session_state["chat"].turns
@@ -219,22 +219,22 @@ def test_pasted_log_is_redacted_before_it_goes_to_a_non_loopback_endpoint():
         assert notice in at.session_state["chat"].to_markdown()  # the export records it too
 
 
-def test_switching_to_an_external_endpoint_redacts_the_history(server):
+def test_switching_to_an_external_endpoint_redacts_the_history(fake_endpoint):
     """A conversation started on loopback (sent as is) continues on an external endpoint: the history that is sent
     again with every request is redacted first."""
-    local = Chat(ChatConfig(endpoint=server.base_url, model="fake-served"))
+    local = Chat(ChatConfig(endpoint=fake_endpoint.base_url, model="fake-served"))
     assert not local.redacting
     local.set_log("Mar  3 10:22:01 host sshd[1]: Accepted password for bob from 10.1.1.1 password=hunter22\n")
     list(local.reply_stream(local.ask(task="summarize")))
     assert "10.1.1.1" in local.messages[0]["content"]
-    external = Chat(ChatConfig(endpoint=server.base_url, model="fake-served", redact="on"))
+    external = Chat(ChatConfig(endpoint=fake_endpoint.base_url, model="fake-served", redact="on"))
     external.adopt(local)
     assert external.turns is local.turns and external.log_text == local.log_text
     history = "\n".join(m["content"] for m in external.messages)
     assert "10.1.1.1" not in history and "hunter22" not in history and "192.0.2.1" in history
     list(external.reply_stream(external.ask(text="and 10.1.1.1?")))
-    assert server.bodies[-1]["messages"][-1]["content"] == "and 192.0.2.1?"
-    assert "10.1.1.1" not in str(server.bodies[-1]["messages"])
+    assert fake_endpoint.bodies[-1]["messages"][-1]["content"] == "and 192.0.2.1?"
+    assert "10.1.1.1" not in str(fake_endpoint.bodies[-1]["messages"])
 
 
 def test_settings_reach_the_page_unchanged():

@@ -431,10 +431,10 @@ def test_chart_trainer_jobs_are_the_manifests(renderings):
             for key in ("runPolicy", "nprocPerNode", "backoffLimit", "ttlSecondsAfterFinished",
                         "shutdownAfterJobFinishes"):
                 assert chart[name]["spec"].get(key) == job["spec"].get(key), (name, key)
-            if kind == "RayJob":
-                strip = [{k: v for k, v in g.items() if k != "template"}
-                         for g in (chart[name], job) for g in g["spec"]["rayClusterSpec"]["workerGroupSpecs"]]
-                assert strip[0] == strip[1], name
+            if kind == "RayJob":  # the worker groups but for their pods, compared above
+                groups = [[{k: v for k, v in g.items() if k != "template"}
+                           for g in j["spec"]["rayClusterSpec"]["workerGroupSpecs"]] for j in (chart[name], job)]
+                assert groups[0] == groups[1], name
 
 
 def test_sft_pytorchjob_is_the_cpt_one_with_its_run_and_gpus(renderings):
@@ -472,6 +472,19 @@ def test_launcher_sets_the_runs_resources_and_scheduling():
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["HF_HOME"] == "/x" and env["NEW"] == "1" and env["NCCL_DEBUG"] == "WARN"
     assert c["envFrom"] == [{"secretRef": {"name": "s", "optional": True}}]
+    # a RayJob: the run's env (MLflow settings, parent run) reaches every pod, the driver's on the head included
+    ray = rayjob(cfg.model_copy(update={"engine": "ray", "gpus_per_node": None}))
+    pods = pod_templates(ray)
+    assert len(pods) == 3
+    for pod in pods:
+        env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+        assert env["NEW"] == "1" and env["HOME"] == "/tmp", pod["spec"]["containers"][0]["name"]
+        assert pod["spec"]["nodeSelector"] == {"pool": "a"}
+    head, worker = (ray["spec"]["rayClusterSpec"][k] for k in ("headGroupSpec", "workerGroupSpecs"))
+    assert "nvidia.com/gpu" not in str(head) and worker[0]["template"]["spec"]["containers"][0]["resources"][
+        "limits"] == {"nvidia.com/gpu": "1"} and worker[0]["replicas"] == 8
+    with pytest.raises(TypeError):  # a misspelt toleration field is not dropped on the way
+        pytorchjob(cfg.model_copy(update={"tolerations": [{"keyy": "k"}]}))
 
 
 def _as_the_operator_runs_it(job: dict) -> list[dict]:

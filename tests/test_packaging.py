@@ -50,7 +50,10 @@ def installed(tmp_path_factory) -> dict:
     environment's site-packages (added as a path, so this environment's editable loganalyzer is not seen)."""
     root = tmp_path_factory.mktemp("wheel")
     src = root / "src"
-    for name in ("jobs", "pipelines", "data", "pyproject.toml", "README.md", "LICENSE"):
+    src.mkdir()
+    # what pyproject.toml builds from: the package, the folders it maps into the wheel, and the metadata files
+    sources = {"jobs", "pyproject.toml", "README.md", "LICENSE", *(f.split("/")[0] for f in SHIPPED.values())}
+    for name in sorted(sources):
         (shutil.copytree if (CHECKOUT / name).is_dir() else shutil.copy)(
             CHECKOUT / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__", "*.egg-info")}
                                             if (CHECKOUT / name).is_dir() else {}))

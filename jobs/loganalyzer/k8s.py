@@ -1,9 +1,10 @@
 """Kubernetes pieces shared by the launchers (``launch``: PyTorchJobs and RayJobs from the shipped manifests,
 ``deploy``: InferenceServices).
 
-Every pod the suite creates gets the same hardened security context as the pods in ``manifests/`` and the Helm
-chart: non-root UID 1000, no privilege escalation, all capabilities dropped, seccomp ``RuntimeDefault`` and a
-read-only root filesystem (writable ``/tmp`` and ``/dev/shm`` come from emptyDirs).
+The trainer jobs are the manifests' (their hardened pods are defined there); the InferenceService's pod built here
+gets the same hardened security context as the pods in ``manifests/`` and the Helm chart: non-root UID 1000, no
+privilege escalation, all capabilities dropped, seccomp ``RuntimeDefault`` and a read-only root filesystem (writable
+``/tmp`` and ``/dev/shm`` come from emptyDirs).
 """
 
 from __future__ import annotations
@@ -22,11 +23,6 @@ UID = 1000
 DATA_PVC, MODELS_PVC = "loganalyzer-data", "loganalyzer-models"
 DATA_MOUNT = "/data"
 MODELS_MOUNT = "/models"
-
-
-# Pods that run to completion stay out of an Istio mesh (multi-user Kubeflow injects sidecars in profile
-# namespaces): the sidecar keeps running after the main container exits, so the pod, and the job, never completes.
-BATCH_POD_ANNOTATIONS = {"sidecar.istio.io/inject": "false"}
 
 
 def labels(component: str, **extra: str) -> dict[str, str]:

@@ -70,9 +70,10 @@ class LaunchConfig(StageConfig):
     models_pvc: str = Field(default=kube.MODELS_PVC,
                             description=f"PVC mounted at {kube.MODELS_MOUNT} in every replica")
     shm_size: str | None = Field(default=None, description="size of the memory-backed /dev/shm")
-    node_selector: dict[str, str] = Field(default={}, description="pod nodeSelector")
-    tolerations: list[dict] = Field(default=[], description="pod tolerations (Kubernetes field names)")
-    env: dict[str, str] = Field(default={}, description="extra environment for the trainer (over the manifest's)")
+    node_selector: dict[str, str] | None = Field(default=None, description="pod nodeSelector")
+    tolerations: list[dict] | None = Field(default=None, description="pod tolerations (Kubernetes field names)")
+    env: dict[str, str] = Field(default={}, description="extra environment for every pod of the job (over the "
+                                                        "manifest's)")
     secrets: list[str] | None = Field(default=None,
                                       description="Secrets whose keys become env vars (envFrom, optional)")
     config_maps: list[str] | None = Field(default=None,
@@ -115,9 +116,10 @@ def _fit_pod(template_: dict, cfg: LaunchConfig, gpus: int, args: list[str] | No
     pod["metadata"]["labels"] = {**pod["metadata"].get("labels", {}), **kube.labels("train"),
                                  "loganalyzer/job": cfg.name}
     spec = pod["spec"]
-    for key, value in (("nodeSelector", cfg.node_selector), ("tolerations", cfg.tolerations)):
-        if value or key in spec:
-            spec[key] = value
+    if cfg.node_selector is not None:
+        spec["nodeSelector"] = cfg.node_selector
+    if cfg.tolerations is not None:  # through the client's model: a misspelt field is an error, not dropped
+        spec["tolerations"] = kube.to_dict(kube.tolerations(cfg.tolerations))
     if cfg.service_account:
         spec["serviceAccountName"] = cfg.service_account
     claims = {"data": cfg.data_pvc, "models": cfg.models_pvc}
@@ -128,11 +130,12 @@ def _fit_pod(template_: dict, cfg: LaunchConfig, gpus: int, args: list[str] | No
             volume["emptyDir"]["sizeLimit"] = cfg.shm_size
     (container,) = spec["containers"]
     container["image"] = cfg.image
+    dropped = set()
     if args is not None:
         dropped = _example_vars(container)
         container["args"] = args
-        env = {e["name"]: e for e in container.get("env", []) if e["name"] not in dropped}
-        container["env"] = list({**env, **{k: {"name": k, "value": str(v)} for k, v in cfg.env.items()}}.values())
+    env = {e["name"]: e for e in container.get("env", []) if e["name"] not in dropped}
+    container["env"] = list({**env, **{k: {"name": k, "value": str(v)} for k, v in cfg.env.items()}}.values())
     if cfg.secrets is not None or cfg.config_maps is not None:
         old = container.get("envFrom", [])
         maps = cfg.config_maps if cfg.config_maps is not None else [r["configMapRef"]["name"] for r in old

@@ -1,15 +1,17 @@
 """``loganalyzer pipeline``: compile the Kubeflow pipeline, or start a run of it on a KFP endpoint.
 
-    loganalyzer pipeline compile [--out pipelines/cpt-finetune.yaml] [--image-registry R] [--tag T]
+    loganalyzer pipeline compile [--out FILE] [--image-registry R] [--tag T]
     loganalyzer pipeline run --host https://kubeflow.example.com/pipeline --namespace NS \\
         --image-registry registry.acme.internal/ml base_model_name=/models/base cpt_nodes=2
 
-``compile`` writes the cluster target of ``pipelines/cpt_finetune.py`` in KFP's Kubernetes manifest format
-(``Pipeline`` + ``PipelineVersion``, ``pipelines.kubeflow.org/v2beta1``), which ``kubectl apply -f`` registers
-with a KFP installation in Kubernetes-native API mode; the version's name carries a digest of its spec. Without
-``--image-registry`` the images name a placeholder registry (the committed file). ``run`` compiles the same target
-with the registry and starts a run through ``kfp.Client`` (``create_run_from_pipeline_func``); ``param=value``
-values are parsed as JSON, else YAML (numbers, lists, dicts), and checked against the pipeline's parameters.
+``compile`` writes the cluster target of ``pipelines/cpt_finetune.py`` (default: over the committed
+``pipelines/cpt-finetune.yaml`` in a checkout, ``./cpt-finetune.yaml`` from an installed wheel) in KFP's
+Kubernetes manifest format (``Pipeline`` + ``PipelineVersion``, ``pipelines.kubeflow.org/v2beta1``), which
+``kubectl apply -f`` registers with a KFP installation in Kubernetes-native API mode; the version's name carries a
+digest of its spec. Without ``--image-registry`` the images name a placeholder registry (the committed file).
+``run`` compiles the same target with the registry and starts a run through ``kfp.Client``
+(``create_run_from_pipeline_func``); ``param=value`` values are parsed as JSON, else YAML (numbers, lists,
+dicts), and checked against the pipeline's parameters.
 
 Where the run executes (kubeflow/pipelines 2.17, ``backend/src/apiserver/resource/resource_manager.go``): in
 multi-user KFP, in the experiment's (profile) namespace; in standalone KFP, always in KFP's own namespace
@@ -163,7 +165,10 @@ def bundle(out: Path, overlay: str, namespace: str, registry: str, tag: str | No
     the overlay's Namespace object (and its Pod Security labels) is left out. Raises ConfigError for an unknown
     overlay or a missing registry.
     """
-    src = CHECKOUT / "manifests" / "overlays" / overlay  # make deploy runs in a checkout
+    if not in_checkout():
+        raise ConfigError("pipeline bundle needs the repository's manifests/overlays: run it in a checkout "
+                          "(make deploy)")
+    src = CHECKOUT / "manifests" / "overlays" / overlay
     if not (src / "kustomization.yaml").is_file():
         raise ConfigError(f"no overlay {overlay!r} in {src.parent}: "
                           f"{sorted(p.name for p in src.parent.iterdir())}")
@@ -235,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     parser = argparse.ArgumentParser(prog="loganalyzer pipeline", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("compile", help="write pipelines/cpt-finetune.yaml (Pipeline + PipelineVersion)")
+    c = sub.add_parser("compile", help=f"write {DEFAULT_OUT} (Pipeline + PipelineVersion)")
     c.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output file (default {DEFAULT_OUT})")
     for p in (c, sub.add_parser("run", help="start a run on a KFP endpoint through kfp.Client")):
         p.add_argument("--image-registry", default=os.environ.get("LOGANALYZER_IMAGE_REGISTRY"),

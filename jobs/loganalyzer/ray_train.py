@@ -21,6 +21,7 @@ log = logging.getLogger("loganalyzer.ray_train")
 # What a Ray worker needs from the driver's environment (a remote Ray cluster does not inherit it).
 RAY_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
            "LOGANALYZER_PARENT_RUN_ID", "LOGANALYZER_CONFIGS_DIR", "HF_HOME", "HF_TOKEN", "HF_HUB_OFFLINE")
+RAY_METRICS = "ray/metrics.json"  # rank 0's train metrics, for the driver
 
 
 def run_on_ray(cfg: TrainConfig) -> dict:
@@ -57,8 +58,6 @@ def run_on_ray(cfg: TrainConfig) -> dict:
         ray.shutdown()  # a local Ray stops with us; a cluster connection is closed
     return json.loads((output / RAY_METRICS).read_text())
 
-
-RAY_METRICS = "ray/metrics.json"
 
 
 def _ray_worker(config: dict) -> None:

@@ -154,6 +154,14 @@ containers:
     env: {{- include "loganalyzer.env" $root | nindent 6 }}
       - name: TRITON_CACHE_DIR
         value: /tmp/triton
+      - name: NCCL_DEBUG
+        value: WARN
+      - name: TORCH_NCCL_ASYNC_ERROR_HANDLING
+        value: "1"
+      - name: PYTHONUNBUFFERED
+        value: "1"
+      - name: PYTORCH_CUDA_ALLOC_CONF
+        value: expandable_segments:True
     envFrom: {{- include "loganalyzer.envFrom" $root | nindent 6 }}
     {{- $res := include "loganalyzer.resources" (list dict (index . 2)) }}
     {{- if ne $res "{}" }}

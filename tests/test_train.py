@@ -142,22 +142,6 @@ def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(tin
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
 
 
-# The first logged losses of the seeded tiny runs (tiny model and data from the tiny_env fixture, one thread), as
-# measured when they were stored. A change to tokenization, packing, masking, the chat template, the loss or the
-# optimizer setup moves them; bit-level noise between CPUs stays far inside the tolerance.
-GOLDEN_LOSSES = {"cpt_tiny_cpu": [6.950728, 6.955136, 6.914379], "sft_tiny_cpu": [6.945100, 6.961955, 6.944724]}
-GOLDEN_REL_TOL = 1e-4
-
-
-@pytest.mark.integration
-@pytest.mark.parametrize("recipe", sorted(GOLDEN_LOSSES))
-def test_first_losses_match_the_stored_golden_values(recipe, tiny_env, tmp_path):
-    out = tmp_path / recipe
-    _train(recipe, tiny_env, out, "max_steps=3", "logging_steps=1", "save_steps=3")
-    got = [loss for _, loss in sorted(_logged_losses(out / "checkpoints" / "checkpoint-3").items())]
-    assert got == pytest.approx(GOLDEN_LOSSES[recipe], rel=GOLDEN_REL_TOL)
-
-
 def test_last_complete_checkpoint_skips_unmarked_and_foreign_dirs(tmp_path):
     for name in ("checkpoint-5", "checkpoint-10", "checkpoint-20", "checkpoint-x"):
         (tmp_path / name).mkdir()

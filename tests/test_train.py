@@ -142,6 +142,48 @@ def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(tin
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
 
 
+# The first logged losses of the seeded tiny runs (tiny model and data from the tiny_env fixture, one thread), as
+# measured when they were stored. A change to tokenization, packing, masking, the chat template, the loss or the
+# optimizer setup moves them; bit-level noise between CPUs stays far inside the tolerance. (They once differed
+# between checkouts because the chunks' absolute `source` paths trained the tiny tokenizer; see
+# test_tiny_tokenizer_reads_only_text_not_paths.)
+GOLDEN_LOSSES = {"cpt_tiny_cpu": [6.961624, 6.963814, 6.924335], "sft_tiny_cpu": [6.969690, 6.973413, 6.966439]}
+GOLDEN_REL_TOL = 1e-4
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("recipe", sorted(GOLDEN_LOSSES))
+def test_first_losses_match_the_stored_golden_values(recipe, tiny_env, tmp_path):
+    out = tmp_path / recipe
+    _train(recipe, tiny_env, out, "max_steps=3", "logging_steps=1", "save_steps=3")
+    got = [loss for _, loss in sorted(_logged_losses(out / "checkpoints" / "checkpoint-3").items())]
+    assert got == pytest.approx(GOLDEN_LOSSES[recipe], rel=GOLDEN_REL_TOL)
+
+
+def test_tiny_tokenizer_reads_only_text_not_paths(tmp_path):
+    from loganalyzer.tiny_model import TinyModelConfig, build_tokenizer, corpus_texts
+
+    rows = [{"id": "HDFS-a.log-L1", "system": "HDFS", "source": "/home/alice/checkout/data/a.log",
+             "content": "081109 INFO dfs.DataNode: block blk_1 terminating"},
+            {"chunk_id": "HDFS-a.log-L1", "task": "conversation",
+             "output": {"messages": [{"role": "user", "content": "What failed?"},
+                                     {"role": "assistant", "content": "Nothing: block blk_1 closed."}]}},
+            {"chunk_id": "HDFS-a.log-L1", "task": "nlplog_qa",
+             "output": [{"instruction": "Which block?", "output": "blk_1"}]}]
+    moved = [{**rows[0], "source": "/tmp/ci/elsewhere/data/a.log"}, *rows[1:]]
+    for name, data in (("here", rows), ("there", moved)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+    assert list(corpus_texts([tmp_path / "here.jsonl"])) == [
+        rows[0]["content"], "What failed?", "Nothing: block blk_1 closed.", "Which block?", "blk_1"]
+    here, there = (build_tokenizer(corpus_texts([tmp_path / f"{n}.jsonl"]), 300) for n in ("here", "there"))
+    assert here.backend_tokenizer.to_str() == there.backend_tokenizer.to_str()
+    (tmp_path / "meta.jsonl").write_text(json.dumps({"id": "x", "source": "/a"}) + "\n")
+    from loganalyzer.tiny_model import build
+
+    with pytest.raises(ConfigError, match="no text to train the tokenizer"):
+        build(TinyModelConfig(out=str(tmp_path / "m"), corpus=[str(tmp_path / "meta.jsonl")]))
+
+
 def test_last_complete_checkpoint_skips_unmarked_and_foreign_dirs(tmp_path):
     for name in ("checkpoint-5", "checkpoint-10", "checkpoint-20", "checkpoint-x"):
         (tmp_path / name).mkdir()

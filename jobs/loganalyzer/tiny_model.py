@@ -41,23 +41,30 @@ class TinyModelConfig(StageConfig):
     seed: int = SEED
 
 
+# The keys whose strings are text a model reads: a chunk's ``content``, a CPT row's ``text``, a record's
+# ``output`` (with its ``instruction``/``output`` pairs and ``messages``' ``content``). Metadata (ids, ``source``
+# paths, systems, roles) stays out, so that the tokenizer is the same wherever the checkout lies.
+TEXT_KEYS = frozenset({"content", "text", "instruction", "input", "output", "messages"})
+
+
 def corpus_texts(paths: Iterable[str | Path]) -> Iterator[str]:
-    """Every string value of every row (``content``, ``output``, messages' ``content``...) of JSON Lines files."""
+    """The text strings (values under :data:`TEXT_KEYS`, at any depth) of every row of JSON Lines files."""
     from loganalyzer.io import read_jsonl
 
-    def strings(v) -> Iterator[str]:
+    def strings(v, is_text: bool) -> Iterator[str]:
         if isinstance(v, str):
-            yield v
+            if is_text:
+                yield v
         elif isinstance(v, list):
             for x in v:
-                yield from strings(x)
+                yield from strings(x, is_text)
         elif isinstance(v, dict):
-            for x in v.values():
-                yield from strings(x)
+            for k, x in v.items():
+                yield from strings(x, k in TEXT_KEYS)
 
     for p in paths:
         for row in read_jsonl(p):
-            yield from strings(row)
+            yield from strings(row, False)
 
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int):
@@ -87,7 +94,11 @@ def build(cfg: TinyModelConfig) -> Path:
     missing = [p for p in cfg.corpus if not Path(p).is_file()]
     if missing:
         raise ConfigError(f"--corpus: no such file(s) {missing}")
-    tokenizer = build_tokenizer(corpus_texts(cfg.corpus), cfg.vocab_size)
+    texts = list(corpus_texts(cfg.corpus))
+    if not texts:
+        raise ConfigError(f"--corpus {cfg.corpus}: no text to train the tokenizer on (no string under any of "
+                          f"the keys {sorted(TEXT_KEYS)}); pass chunks.jsonl or a dataset file")
+    tokenizer = build_tokenizer(texts, cfg.vocab_size)
     torch.manual_seed(cfg.seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,

@@ -52,3 +52,5 @@ def test_train_plan_cli(capsys):
 
     main(["--plan", str(ROOT / "jobs/configs/cpt_full_zero3.yaml"), "dataset_tokens=1000000"])
     assert json.loads(capsys.readouterr().out)["optimizer_steps"] == 1
+    main(["--plan", "cpt_full_zero3", "dataset_tokens=1000000"])  # a recipe name, as `train --config` takes
+    assert json.loads(capsys.readouterr().out)["recipe"] == "cpt_full_zero3"

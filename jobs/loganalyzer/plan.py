@@ -20,8 +20,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import sys
 from pathlib import Path
 
 from pydantic import Field
@@ -36,7 +38,7 @@ GiB = 2**30
 class PlanConfig(StageConfig):
     """Size a training recipe: parameters, memory per GPU, tokens/steps, GPU-hours and cost."""
 
-    recipe: str = Field(description="training recipe YAML")
+    recipe: str = Field(description="training recipe: a YAML file or a recipe name (cpt_full_zero3)")
     gpus_per_node: int = Field(8, ge=1)
     num_nodes: int = Field(1, ge=1)
     model_config_path: str | None = Field(None, description="config.json (default: from the recipe's model)")
@@ -145,7 +147,7 @@ def dataset_size(recipe: dict, cfg: PlanConfig) -> tuple[int | None, int | None]
 
 def plan(cfg: PlanConfig) -> dict:
     """The sizing report as a dict (see the module docstring for the formulas)."""
-    recipe = load_yaml(cfg.recipe)
+    recipe = load_yaml(config_file(cfg.recipe))
     from loganalyzer.train import TrainConfig
 
     train = TrainConfig(**recipe)  # validates the recipe
@@ -197,7 +199,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(argv or [])
     if argv and not argv[0].startswith("-") and "=" not in argv[0]:
         argv = ["--recipe", argv[0], *argv[1:]]
-    report = plan(parse_config(PlanConfig, "plan", argv))
+    cfg = parse_config(PlanConfig, "plan", argv)
+    # stdout is the report alone (for jq): DeepSpeed logs and its estimators print tables there
+    with contextlib.redirect_stdout(sys.stderr):
+        report = plan(cfg)
     print(json.dumps(report, indent=2))
 
 

@@ -13,6 +13,11 @@ IMAGE_REGISTRY ?=
 TAG ?= 0.1.0
 IMAGES := jobs train chatbot
 IMAGE_PREFIX := $(if $(IMAGE_REGISTRY),$(IMAGE_REGISTRY)/,)
+# docker, or podman (no daemon)
+CONTAINER_ENGINE ?= docker
+# images-local: the CPU torch wheel it builds with (pip's find-links folder holds this machine's)
+LOCAL_TORCH_WHEEL ?= $(firstword $(wildcard $(or $(PIP_FIND_LINKS),/opt/wheels)/torch-2.13.0+cpu-*.whl))
+LOCAL_IMAGES := jobs chatbot
 # deploy/run: the kustomize overlay to install, and NAMESPACE: where KFP runs the pipeline's pods, so where the suite
 # (PVCs, ConfigMaps, ServiceAccounts, MLflow) and the Pipeline objects must be: KFP's own namespace for a standalone
 # KFP (kubeflow), your profile namespace for multi-user Kubeflow.
@@ -25,7 +30,7 @@ ARGS ?=
 KUBE_LOCAL ?= ../shared/tools/kube-local/kube-local
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint bench clean images pipeline manifests deploy run kube-local chromium device-wheels device-check
+.PHONY: help install demo test test-fast lint bench clean images images-local container-tools pipeline manifests deploy run kube-local chromium device-wheels device-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -66,8 +71,15 @@ lint: install $(LINT_VENV)/bin/checkov ## ruff; checkov over rendered overlays, 
 	$(LINT_VENV)/bin/checkov --config-file .checkov.yaml -d .lint --framework kubernetes
 	$(LINT_VENV)/bin/checkov --config-file .checkov.yaml -d images --framework dockerfile
 
-images: ## docker build IMAGE_REGISTRY/loganalyzer-{jobs,train,chatbot}:TAG (needs a Docker engine)
-	for i in $(IMAGES); do docker build -f images/$$i/Dockerfile -t $(IMAGE_PREFIX)loganalyzer-$$i:$(TAG) . || exit 1; done
+images: ## build IMAGE_REGISTRY/loganalyzer-{jobs,train,chatbot}:TAG with CONTAINER_ENGINE (docker or podman)
+	for i in $(IMAGES); do $(CONTAINER_ENGINE) build -f images/$$i/Dockerfile -t $(IMAGE_PREFIX)loganalyzer-$$i:$(TAG) . || exit 1; done
+
+images-local: ## TEST build of the jobs and chatbot images with podman, offline: stand-in Debian base, local CPU torch
+	@test -n "$(LOCAL_TORCH_WHEEL)" || { echo "no torch 2.13.0 CPU wheel: set LOCAL_TORCH_WHEEL=path/to/torch-2.13.0+cpu-*.whl"; exit 2; }
+	bash images/local-base.sh
+	ln -f "$(LOCAL_TORCH_WHEEL)" images/wheels/ 2>/dev/null || cp "$(LOCAL_TORCH_WHEEL)" images/wheels/
+	for i in $(LOCAL_IMAGES); do podman build --isolation chroot -f images/$$i/Dockerfile \
+	  --build-arg TORCH_INDEX_URL= --build-arg FETCH_EVALUATE_MODULES=0 -t loganalyzer-$$i:$(TAG) . || exit 1; done
 
 pipeline: install ## compile pipelines/cpt-finetune.yaml (committed: images under a placeholder registry)
 	LOGANALYZER_IMAGE_REGISTRY= $(BIN)/loganalyzer pipeline compile --tag $(TAG)
@@ -91,6 +103,10 @@ run: install ## start a run: make run KFP_HOST=https://.../pipeline IMAGE_REGIST
 
 chromium: ## install Debian's chromium for the real-browser chatbot test (apt; Playwright never downloads one)
 	command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+container-tools: ## install podman, runc and debootstrap for make images-local and the image tests (apt)
+	command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || { \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q podman runc debootstrap; }
 
 kube-local: ## build the local kube-apiserver the Kubernetes tests use (../shared/tools/kube-local; ~6 min once)
 	$(KUBE_LOCAL) build

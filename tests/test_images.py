@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def instructions(path: Path) -> list[tuple[str, str]]:
 def test_every_image_folder_has_a_dockerfile():
     assert {p.parent.name for p in DOCKERFILES} >= {"jobs", "train"}
     assert all((ROOT / "images" / d.name / "Dockerfile").is_file() for d in (ROOT / "images").iterdir()
-               if d.is_dir())
+               if d.is_dir() and d.name != "wheels")  # wheels/: build input for offline builds, not an image
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
@@ -63,7 +64,7 @@ def test_dockerfile(dockerfile):
                 assert not (SECRET_NAMES.search(k) and v), f"{op} {k} carries a value: pass secrets at run time"
         if op == "RUN":
             for install in re.findall(r"pip install[^&]*", rest):
-                if "torch==" not in install and "flash" not in install.lower():
+                if not re.search(r"torch==|\$TORCH_SPEC", install) and "flash" not in install.lower():
                     assert "-c constraints.txt" in install, f"unpinned install: {install}"
                     # every package named besides the project itself is pinned in constraints.txt
                     named = [a for a in install.split()[2:] if not a.startswith(("-", '"', "'", "."))
@@ -109,3 +110,55 @@ def test_flash_attn_is_built_for_the_archs_it_reads():
     assert "FLASH_ATTN_CUDA_ARCHS=${FLASH_ATTN_CUDA_ARCHS}" in install and "TORCH_CUDA_ARCH_LIST" not in install
     args = dict(re.findall(r"ARG (\w+)=\"?([^\"\n]*)", (ROOT / "images" / "train" / "Dockerfile").read_text()))
     assert args["FLASH_ATTN_CUDA_ARCHS"] == "80;90"
+
+
+def test_offline_build_arguments_default_to_todays_build():
+    """`make images-local` passes TORCH_INDEX_URL="" (torch from images/wheels/) and FETCH_EVALUATE_MODULES=0; a
+    plain build keeps the CPU index and the Hub's metric modules. Both CPU images share the base that
+    images/local-base.sh stands in for (it reads it from the jobs Dockerfile)."""
+    bases = {}
+    for name in ("jobs", "chatbot"):
+        ins = instructions(ROOT / "images" / name / "Dockerfile")
+        args = dict(rest.split("=", 1) for op, rest in ins if op == "ARG" and "=" in rest)
+        assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+        assert args["TORCH_SPEC"] == "torch==2.13.0"
+        bases[name] = {rest.split()[0] for op, rest in ins if op == "FROM" and not rest.startswith("build")}
+    jobs_args = dict(rest.split("=", 1) for op, rest in instructions(ROOT / "images" / "jobs" / "Dockerfile")
+                     if op == "ARG" and "=" in rest)
+    assert jobs_args["FETCH_EVALUATE_MODULES"] == "1"
+    assert bases["jobs"] == bases["chatbot"] == {"python:3.11.11-slim-bookworm"}
+    assert "TORCH_INDEX_URL= " in (ROOT / "Makefile").read_text()
+    assert (ROOT / "images" / "wheels" / "README.md").is_file()  # COPY images/wheels needs the folder in a clone
+
+
+@pytest.mark.integration
+@pytest.mark.heavy
+def test_train_image_requirements_resolve_for_its_python(tmp_path):
+    """The CUDA train image cannot be built here; its Python requirement set (the Dockerfile's own pip lines, at
+    constraints.txt's pins) must at least resolve for its Python and platform. `uv pip compile` resolves for a
+    target other than this interpreter; it asks the package index (PyPI). flash-attn, built against the image's
+    torch, is left out. PyPI's torch 2.13.0 stands in for the cu128 index's build of the same version."""
+    import subprocess
+    import sys
+
+    uv = Path(sys.executable).parent / "uv"
+    if not uv.exists():
+        pytest.skip("uv not installed (make install: the dev extra)")
+    text = (ROOT / "images" / "train" / "Dockerfile").read_text()
+    python = re.search(r"(python3\.\d+) -m venv", text).group(1)
+    run = next(rest for op, rest in instructions(ROOT / "images" / "train" / "Dockerfile")
+               if op == "RUN" and "-c constraints.txt" in rest)
+    torch = re.search(r'"(torch==[^"]+)"', run).group(1)
+    named = [a.strip('"') for a in re.search(r"-c constraints.txt (.*?)(&&|$)", run).group(1).split()]
+    # ".[deepspeed,...]" is the project: by its path, for a resolver run outside the build context
+    reqs = [torch, *(f"loganalyzer{a[1:]} @ {ROOT.as_uri()}" if a.startswith(".[") else a for a in named)]
+    assert len(reqs) >= 3 and any("deepspeed" in r for r in reqs), reqs
+    (tmp_path / "train.in").write_text("\n".join(reqs) + "\n")
+    result = subprocess.run(
+        [str(uv), "pip", "compile", "--native-tls", "--python-version", python.removeprefix("python"),
+         "--python-platform", "x86_64-manylinux_2_28", "-c", str(ROOT / "constraints.txt"),
+         str(tmp_path / "train.in"), "-o", str(tmp_path / "train.txt")],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "UV_NO_CONFIG": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    pins = dict(re.findall(r"^([a-z0-9_.-]+)==(\S+)", (tmp_path / "train.txt").read_text(), re.M))
+    assert pins["torch"] == torch.split("==")[1] and {"deepspeed", "liger-kernel", "transformers"} <= set(pins)

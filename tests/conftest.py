@@ -154,3 +154,26 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+# Servers the fixtures and tests start. One still running when the session ends is a leak (a fixture that
+# stopped its parent process only, a server that ignores SIGTERM): the session fails and names it.
+SERVER_PROCESSES = ("streamlit", "loganalyzer", "mlflow", "uvicorn", "gunicorn", "kube-apiserver", "etcd")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import psutil
+
+    left = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            cmd = "" if p.status() == psutil.STATUS_ZOMBIE else " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+        if any(name in cmd for name in SERVER_PROCESSES):
+            left.append(f"pid {p.pid}: {cmd[:160]}")
+            p.kill()
+    if left:
+        session.config.get_terminal_writer().line(
+            "server processes left running by the tests (killed now):\n  " + "\n  ".join(left), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -3,6 +3,7 @@ streaming chat), and the chatbot in a real headless Chromium driven by Playwrigh
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import shutil
@@ -169,3 +170,99 @@ def test_browser_summarize_with_a_trained_real_model(tmp_path, request):
         reply = page.locator('[data-testid="stChatMessage"]').last.inner_text()
     words = [w for w in reply.split() if w.isalpha()]
     assert len(words) >= 12 and "log" in reply.lower(), reply
+
+
+def _running_cmdline(pid: int) -> str:
+    """The command line of a running process, '' when it is gone or a zombie."""
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        return "" if p.status() == psutil.STATUS_ZOMBIE else " ".join(p.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def _stops_on(sig: int, cmd: list[str], health: str, port: int, log: Path,
+              busy=None) -> tuple[int | None, list[str], bool]:
+    """Start ``cmd``, wait for ``health``, call ``busy()`` (load it), send ``sig``: (exit status or None, its
+    processes still alive, port still open) 10 s later."""
+    import socket
+    import time
+
+    import psutil
+
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(health, proc, 180, log)
+        family = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
+        if busy:
+            busy()
+        proc.send_signal(sig)
+        try:
+            code = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            code = None
+        time.sleep(0.5)
+        alive = [c for c in map(_running_cmdline, family) if c]
+        with socket.socket() as s:
+            open_ = s.connect_ex(("127.0.0.1", port)) == 0
+        return code, alive, open_
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for p in psutil.Process().children(recursive=True):
+            if p.pid != proc.pid and "streamlit" in _running_cmdline(p.pid):
+                p.kill()  # what this test found; a failure above reports it
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_chat_stops_with_its_server_on_a_signal(sig, tmp_path):
+    """`loganalyzer chat` is the Streamlit server (exec, same PID): SIGTERM (a pod's stop) or SIGINT ends the server,
+    frees the port and leaves no process, within 10 s."""
+    import signal
+
+    from loganalyzer.testing.fake_openai import FakeOpenAI
+
+    port = free_port()
+    with FakeOpenAI(model="fake-served") as srv:
+        code, alive, open_ = _stops_on(
+            getattr(signal, sig), [sys.executable, "-m", "loganalyzer", "chat", "--endpoint", srv.base_url,
+                                   "--port", str(port)],
+            f"http://127.0.0.1:{port}/_stcore/health", port, tmp_path / "chat.log")
+    log = (tmp_path / "chat.log").read_text()[-2000:]
+    assert code is not None and not alive and not open_, (code, alive, open_, log)
+    assert code in (0, -getattr(signal, sig), 128 + getattr(signal, sig)), log
+
+
+@pytest.mark.parametrize("sig,abandoned", [("SIGTERM", 0), ("SIGINT", 0), ("SIGTERM", 4)])
+def test_serve_stops_on_a_signal(sig, abandoned, tiny_env, tmp_path):
+    """`loganalyzer serve` stops within 10 s, also with generations in flight whose clients gave up (they are
+    cancelled after shutdown_timeout_s, 5 s; before, a stop waited for them: over a minute)."""
+    import signal
+    import threading
+    import time
+
+    from openai import APITimeoutError, OpenAI
+
+    port, model = free_port(), str(tiny_env["model"])
+
+    def give_up():
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=1, max_retries=0)
+        with contextlib.suppress(APITimeoutError):
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
+                                           max_tokens=4000, temperature=1.0)
+
+    def abandon():
+        for _ in range(abandoned):
+            threading.Thread(target=give_up, daemon=True).start()
+        time.sleep(2)  # the clients time out and go; their generations go on
+
+    code, alive, open_ = _stops_on(
+        getattr(signal, sig), [sys.executable, "-m", "loganalyzer", "serve", "--model", model, "--port", str(port)],
+        f"http://127.0.0.1:{port}/health", port, tmp_path / "serve.log", busy=abandon if abandoned else None)
+    log = (tmp_path / "serve.log").read_text()[-2000:]
+    assert code is not None and not alive and not open_, (code, alive, open_, log)
+    assert code in (0, -getattr(signal, sig), 128 + getattr(signal, sig)), log

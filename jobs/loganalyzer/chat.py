@@ -17,7 +17,6 @@ import io
 import logging
 import math
 import os
-import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -343,7 +342,12 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(ChatConfig, "chat", argv)
     log.info("chatbot at http://%s:%d (endpoint %s, model %s)", cfg.host, cfg.port, cfg.endpoint,
              cfg.model or "the first one listed")
-    raise SystemExit(subprocess.call(streamlit_command(cfg)))
+    # Streamlit replaces this process (same PID): a pod's SIGTERM, or `kill`, reaches the server itself, which stops
+    # at once; a child would outlive its parent and keep the port.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    cmd = streamlit_command(cfg)
+    os.execv(cmd[0], cmd)
 
 
 if __name__ == "__main__":

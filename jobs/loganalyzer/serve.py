@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +35,9 @@ class ServeConfig(StageConfig):
     host: str = Field("127.0.0.1", description="bind address; loopback by default")
     device: str = Field("auto", description="auto, cpu, cuda:0 ...")
     dtype: str = Field("auto")
+    shutdown_timeout_s: float = Field(
+        5.0, gt=0, description="on SIGTERM/SIGINT, seconds to let requests in flight finish before they are "
+        "cancelled (a client that gave up leaves its generation running until then)")
 
 
 def command(cfg: ServeConfig) -> list[str]:
@@ -110,6 +114,20 @@ def main(argv: list[str] | None = None) -> None:
     ModelManager.get_gen_models = staticmethod(lambda cache_dir=None: [served, *cached(cache_dir)])
 
     log.info("serving %s at http://%s:%d/v1", cfg.model, cfg.host, cfg.port)
+    # uvicorn stops on SIGTERM/SIGINT, then raises the signal again with the handler it found: the default one
+    # ends the process by that signal (130/143 in a shell). Python's own SIGINT handler would turn it into
+    # KeyboardInterrupt, which the CLI reports as "Aborted!" and exit 1.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # transformers serve builds uvicorn's Config without a graceful-shutdown bound, so a stop waited for every
+    # generation in flight, abandoned ones included (over a minute seen here): bound it.
+    import uvicorn
+
+    class BoundedShutdownConfig(uvicorn.Config):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("timeout_graceful_shutdown", cfg.shutdown_timeout_s)
+            super().__init__(*args, **kwargs)
+
+    uvicorn.Config = BoundedShutdownConfig
     sys.argv = ["transformers", *command(cfg)]
     transformers_cli()
 

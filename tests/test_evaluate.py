@@ -19,7 +19,7 @@ def test_prompt_is_everything_before_the_last_assistant_turn():
 
 def test_endpoint_mode_report_shape_and_paired_comparison(tiny_env, tmp_path):
     out = tmp_path / "eval"
-    with FakeOpenAI() as srv:
+    with FakeOpenAI(also_serves=("m1", "m2", "m3")) as srv:
         report = run(EvaluateConfig(test=str(tiny_env["datasets"] / "sft_test.jsonl"), endpoint=srv.base_url,
                                     models=["base=m1", "sft=m2", "cpt_sft=m3"], out=str(out), n_boot=50))
     assert list(report) == ["base", "sft", "cpt_sft"]
@@ -70,7 +70,7 @@ def test_endpoint_prompts_and_references_are_redacted_alike(tmp_path):
         {"role": "assistant", "content": "Root login attempts from 10.3.4.5 failed."}]} for i in range(3)]
     test = tmp_path / "test.jsonl"
     test.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with FakeOpenAI() as srv:
+    with FakeOpenAI(also_serves=("fake",)) as srv:
         run(EvaluateConfig(test=str(test), endpoint=srv.base_url, models=["m=fake"], out=str(tmp_path / "e"),
                            n_boot=10, redact="on"))
         sent = json.dumps(srv.bodies)
@@ -113,7 +113,7 @@ def test_eval_sets_in_sharegpt_alpaca_and_our_format(tmp_path, shared_data):
 
 
 def test_evaluate_on_the_seeds_sharegpt_test_file(tmp_path, shared_data):
-    with FakeOpenAI() as srv:
+    with FakeOpenAI(also_serves=("fake",)) as srv:
         report = run(EvaluateConfig(test=str(shared_data / "fpt_json_analysis" / "test_json.json"), limit=6,
                                     endpoint=srv.base_url, models=["m=fake"], out=str(tmp_path / "e"), n_boot=20))
     assert report["m"]["n"] == 6 and set(report["m"]["per_task"]) == {"all"}
@@ -130,7 +130,7 @@ def test_each_eval_set_gets_its_own_section(tmp_path, shared_data):
     ours.write_text(json.dumps({"id": "c1/summarize", "task": "summarize", "messages": [
         {"role": "user", "content": "Summarize.\n\nLog content:\n\nx"}, {"role": "assistant", "content": "a"}]}) + "\n")
     out = tmp_path / "e"
-    with FakeOpenAI() as srv:
+    with FakeOpenAI(also_serves=("a", "b")) as srv:
         report = run(EvaluateConfig(test=str(ours), endpoint=srv.base_url, models=["sft=a", "cpt_sft=b"], out=str(out),
                                     n_boot=20, limit=4, eval_set=[str(alpaca), "seed=" + str(
                                         shared_data / "fpt_json_analysis" / "test_json.json")]))
@@ -172,6 +172,7 @@ def test_replicates_give_mean_sd_and_a_verdict_against_seed_noise(tmp_path, monk
     import loganalyzer.evaluate as ev
 
     monkeypatch.setattr(ev, "generate_endpoint", lambda src, prompts, cfg: json.loads(open(src).read()))
+    monkeypatch.setattr("loganalyzer.openai_api.check_endpoint", lambda *a, **k: [])  # no endpoint: answers from files
 
     def evaluate(models, out):
         return run(EvaluateConfig(test=str(test), endpoint="http://127.0.0.1:9/v1", out=str(tmp_path / out),

@@ -93,7 +93,7 @@ def test_evaluate_reports_judge_scores_with_cis_and_the_paired_test(tmp_path):
     test = tmp_path / "test.jsonl"
     test.write_text("".join(json.dumps(r) + "\n" for r in _rows(6)))
     out = tmp_path / "e"
-    with FakeOpenAI() as srv:
+    with FakeOpenAI(also_serves=("a", "b", "judge")) as srv:
         report = run(EvaluateConfig(test=str(test), endpoint=srv.base_url, models=["sft=a", "cpt_sft=b"],
                                     out=str(out), n_boot=50, judge_endpoint=srv.base_url, judge_model="judge"))
         judge_bodies = [b for b in srv.bodies if b["model"] == "judge"]
@@ -136,7 +136,7 @@ def test_loganalyzer_serve_as_the_judge(smollm2, tmp_path):
 
     test = tmp_path / "test.jsonl"
     test.write_text("".join(json.dumps(r) + "\n" for r in _rows(2)))
-    with FakeOpenAI() as srv, local_server(str(smollm2)) as judge_url:
+    with FakeOpenAI(also_serves=("fake",)) as srv, local_server(str(smollm2)) as judge_url:
         report = run(EvaluateConfig(test=str(test), endpoint=srv.base_url, models=["m=fake"], out=str(tmp_path / "e"),
                                     n_boot=20, judge_endpoint=judge_url, judge_model=str(smollm2),
                                     judge_max_tokens=64, judge_validation_retries=1))

@@ -408,14 +408,16 @@ def run(cfg: EvaluateConfig) -> dict:
     for item in cfg.eval_set:
         name, file = item.split("=", 1)
         sets.append(load_set(name, file, out / "eval_sets" / name, cfg.limit, "--eval-set"))
+    models, groups = replicates.expand(cfg.models)
+    from loganalyzer.openai_api import check_endpoint
+
+    if cfg.endpoint:  # wrong endpoints fail here in seconds, before hours of generation
+        check_endpoint(cfg.endpoint, list(models.values()), "--endpoint")
+    if cfg.judge_endpoint:
+        check_endpoint(cfg.judge_endpoint, [cfg.judge_model], "--judge-endpoint")
     if cfg.endpoint:
         for s in sets:
             s.prompts, s.refs = redact_for_endpoint(cfg, s.prompts, s.refs, s.out)
-    models, groups = replicates.expand(cfg.models)
-    if cfg.judge_endpoint:  # before hours of generation, not after
-        from loganalyzer.openai_api import api_key
-
-        api_key(cfg.judge_endpoint, "--judge-endpoint")
     if len(groups.get("sft", [])) != len(groups.get("cpt_sft", [])) and max(map(len, groups.values())) > 1:
         log.warning("evaluate: %d sft and %d cpt_sft replicates: no pooled comparison (it needs as many of each)",
                     len(groups.get("sft", [])), len(groups.get("cpt_sft", [])))

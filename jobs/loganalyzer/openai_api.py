@@ -63,6 +63,81 @@ def async_client(base_url: str, timeout: float, max_retries: int, flag: str = "-
                        http_client=DefaultAioHttpClient(timeout=timeout))
 
 
+CHECK_TIMEOUT_S = 5.0
+
+
+def _connection_cause(exc: BaseException) -> tuple[str, str]:
+    """(what happened, how to fix it) for a connection that failed, from the chain of causes under the SDK's
+    APIConnectionError."""
+    import socket
+    import ssl
+
+    chain, e = [], exc
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    text = " ".join(str(e) for e in chain)
+    if any(isinstance(e, ConnectionRefusedError) for e in chain) or "Connection refused" in text:
+        return "connection refused (nothing listens there)", "check the host and port, and that the server runs"
+    if any(isinstance(e, socket.gaierror) for e in chain) or "Name or service not known" in text:
+        return "unknown host (the name does not resolve)", "check the host name"
+    if any(isinstance(e, ssl.SSLError) for e in chain) or "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text:
+        return (f"TLS error ({chain[-1]})", "check http:// against https://, or give the CA bundle that signs its "
+                "certificate (SSL_CERT_FILE)")
+    return f"connection failed ({chain[-1]})", "check the URL and the network path to it"
+
+
+def check_endpoint(base_url: str, models: list[str] | tuple[str, ...] = (), flag: str = "--base-url",
+                   timeout_s: float = CHECK_TIMEOUT_S) -> list[str]:
+    """Ask ``GET {base_url}/models`` once, with no retries, before any real request, so that a wrong endpoint
+    fails in seconds instead of after every chunk's retries. Returns the ids the endpoint lists.
+
+    Raises ConfigError naming ``flag`` and the endpoint, the cause as it happened and the fix, for: a refused
+    connection, an unknown host, a TLS error, no answer within ``timeout_s`` (a stalled server), HTTP 401/403 (the
+    key), another HTTP error, and a name in ``models`` that the endpoint does not list. An endpoint that does not
+    implement ``/models`` (HTTP 404) passes with a warning: its model names cannot be checked.
+    """
+    import logging
+
+    from openai import (
+        APIConnectionError,
+        APIStatusError,
+        APITimeoutError,
+        AuthenticationError,
+        NotFoundError,
+        OpenAI,
+        PermissionDeniedError,
+    )
+
+    from loganalyzer.config import ConfigError
+
+    where = f"{flag} {base_url}"
+    client = OpenAI(base_url=base_url, api_key=api_key(base_url, flag), timeout=timeout_s, max_retries=0)
+    try:
+        ids = [m.id for m in client.models.list()]
+    except APITimeoutError:
+        raise ConfigError(f"{where}: no answer to GET /models within {timeout_s:g} s (it accepts connections but "
+                          "stalls); check that the server is up and not overloaded") from None
+    except APIConnectionError as exc:
+        cause, fix = _connection_cause(exc)
+        raise ConfigError(f"{where}: {cause}; {fix}") from None
+    except (AuthenticationError, PermissionDeniedError) as exc:
+        raise ConfigError(f"{where}: HTTP {exc.status_code}, the key was refused ({exc.message}); set "
+                          "OPENAI_API_KEY to a key this endpoint accepts") from None
+    except NotFoundError:
+        logging.getLogger("loganalyzer.openai_api").warning(
+            "%s does not list its models (GET /models: 404); model names are not checked", where)
+        return []
+    except APIStatusError as exc:
+        raise ConfigError(f"{where}: GET /models answered HTTP {exc.status_code} ({exc.message})") from None
+    unknown = [m for m in models if m and m not in ids]
+    if unknown:
+        listed = ", ".join(ids[:20]) + (" ..." if len(ids) > 20 else "") or "nothing"
+        raise ConfigError(f"{where}: model {', '.join(unknown)} is not served there (it lists: {listed}); "
+                          "give one of those")
+    return ids
+
+
 @dataclass
 class Reply:
     """What one ask ended with: ``value`` (the validated output) or ``reason`` (why not) and ``reply`` (the start

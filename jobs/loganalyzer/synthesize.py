@@ -41,7 +41,14 @@ from pydantic import Field, field_validator
 
 from loganalyzer.config import ConfigError, parse_config
 from loganalyzer.io import JsonlWriter, read_jsonl
-from loganalyzer.openai_api import OPENAI_BASE_URL, InvalidReply, ask_validated, async_client, parse_json_reply
+from loganalyzer.openai_api import (
+    OPENAI_BASE_URL,
+    InvalidReply,
+    ask_validated,
+    async_client,
+    check_endpoint,
+    parse_json_reply,
+)
 from loganalyzer.prompts import ALL_TASKS, load_prompts
 from loganalyzer.redact import RedactionSettings
 
@@ -334,6 +341,8 @@ def run(cfg: SynthesizeConfig) -> dict:
     log.info("synthesize: %d chunks x %d tasks with %s at %s; %d done already, %d to ask (concurrency %d)",
              len(chunks), len(cfg.tasks), cfg.model, cfg.base_url or "(in process)", skipped, asked,
              cfg.concurrency)
+    if cfg.teacher == "llm" and asked:  # a wrong endpoint fails here in seconds, before any reject is written
+        check_endpoint(cfg.base_url, [cfg.model])
     counts: Counter[str] = Counter()
     redaction = _Redaction(cfg)
     try:

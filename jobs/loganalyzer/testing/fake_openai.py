@@ -66,12 +66,13 @@ class FakeOpenAI:
 
     def __init__(self, latency_s: float = 0.0, schedule: list[list[str]] | None = None,
                  timeout_sleep_s: float = 2.0, retry_after_ms: int = 50, model: str = "fake-teacher",
-                 port: int = 0, host: str = "127.0.0.1"):
+                 port: int = 0, host: str = "127.0.0.1", also_serves: tuple[str, ...] = ()):
         self.latency_s = latency_s
         self.schedule = schedule if schedule is not None else [[]]
         self.timeout_sleep_s = timeout_sleep_s
         self.retry_after_ms = retry_after_ms
         self.model = model
+        self.also_serves = also_serves  # more ids for GET /models (a chat request may name any model)
         self.port = port
         self.host = host
         self.requests = 0
@@ -144,7 +145,8 @@ class FakeOpenAI:
         if method == "GET":
             if path.rstrip("/").endswith("/models"):
                 return 200, json.dumps({"object": "list", "data": [
-                    {"id": self.model, "object": "model", "owned_by": "fake"}]}).encode(), {}
+                    {"id": m, "object": "model", "owned_by": "fake"} for m in (self.model, *self.also_serves)]
+                }).encode(), {}
             return 404, b'{"error": {"message": "not found"}}', {}
         self.requests += 1
         self.in_flight += 1

@@ -155,5 +155,9 @@ def test_chatbot_image_serves_its_page_as_its_deployment(rendered, pvcs, tmp_pat
                     time.sleep(1)
             logs = subprocess.run([ENGINE, "logs", name], capture_output=True, text=True).stdout
             assert status == 200 and health == b"ok", f"the chatbot did not serve its page\n{logs[-4000:]}"
-        finally:
+            # as a pod's stop: SIGTERM to the main process, which is the Streamlit server; SIGKILL after 10 s
+            t0 = time.monotonic()
             subprocess.run([ENGINE, "stop", "--time", "10", name], capture_output=True, timeout=60)
+            assert time.monotonic() - t0 < 8, "the chatbot ignored SIGTERM until the SIGKILL"
+        finally:
+            subprocess.run([ENGINE, "rm", "--force", name], capture_output=True, timeout=60)

@@ -20,8 +20,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 from container_helpers import ENGINE, config_maps, image_exists, podman_run_args, shared_folder
-from kube_helpers import ROOT, kustomize
+from kube_helpers import ROOT, helm_template, kustomize
 
 from loganalyzer.k8s import UID
 from loganalyzer.serve import free_port, local_server
@@ -39,18 +40,33 @@ def _need(image: str) -> None:
         pytest.skip(message)
 
 
-@pytest.fixture(scope="module")
-def rendered() -> dict:
-    docs = kustomize(ROOT / "manifests" / "base")
-    return {"docs": docs, "jobs": {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in docs
-                                   if d["kind"] == "Job"}}
+@pytest.fixture(scope="module", params=["manifests", "chart"])
+def rendered(request) -> dict:
+    """The pod specs as shipped: kustomize's manifests/base (+ the serving component's chatbot), or the chart with
+    its CI values (serving on)."""
+    if request.param == "manifests":
+        docs = kustomize(ROOT / "manifests" / "base")
+        docs += [d for d in yaml.safe_load_all((ROOT / "manifests" / "components" / "serving" / "chatbot.yaml")
+                                              .read_text()) if d]
+    else:
+        docs = helm_template(ROOT / "charts" / "loganalyzer", "-f",
+                             str(ROOT / "charts" / "loganalyzer" / "ci" / "ci-values.yaml"))
+    pods = {(d["kind"], d["metadata"]["name"]): d["spec"]["template"]["spec"] for d in docs
+            if d["kind"] in ("Job", "Deployment")}
+    return {"docs": docs, "jobs": {name: pod for (kind, name), pod in pods.items() if kind == "Job"},
+            "chatbot": pods[("Deployment", "loganalyzer-chatbot")]}
 
 
-@pytest.fixture(scope="module")
-def pvcs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("pvcs")
-    return {"loganalyzer-data": shared_folder(root / "data", UID),
-            "loganalyzer-models": shared_folder(root / "models", UID)}
+@pytest.fixture
+def pvcs(tmp_path) -> dict[str, Path]:
+    root = tmp_path / "pvcs"
+    return {"data": shared_folder(root / "data", UID), "models": shared_folder(root / "models", UID)}
+
+
+def _claims(pod: dict, pvcs: dict[str, Path]) -> dict[str, Path]:
+    """The pod's claims (whatever the rendering names them: the chart can use existing ones) by volume name."""
+    return {v["persistentVolumeClaim"]["claimName"]: pvcs[v["name"]] for v in pod.get("volumes", [])
+            if "persistentVolumeClaim" in v}
 
 
 def _run(pod: dict, image: str, rendered: dict, pvcs: dict, tmp_path: Path, *, timeout: int = 300,
@@ -59,7 +75,7 @@ def _run(pod: dict, image: str, rendered: dict, pvcs: dict, tmp_path: Path, *, t
     # the overlay's part: tracking goes to a sqlite store on the data PVC (no MLflow server in this test)
     data["loganalyzer-tracking"] = {**data["loganalyzer-tracking"],
                                     "MLFLOW_TRACKING_URI": "sqlite:////data/mlflow.db"}
-    cmd = podman_run_args(pod, image, claims=pvcs, data=data, scratch=tmp_path, **kwargs)
+    cmd = podman_run_args(pod, image, claims=_claims(pod, pvcs), data=data, scratch=tmp_path, **kwargs)
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, (f"{' '.join(cmd)}\nexit {result.returncode}\n--- container output ---\n"
                                     f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
@@ -68,12 +84,12 @@ def _run(pod: dict, image: str, rendered: dict, pvcs: dict, tmp_path: Path, *, t
 
 def test_jobs_image_runs_the_stages_as_their_jobs(rendered, pvcs, tmp_path, tiny_env):
     _need(JOBS)
-    jobs, data = rendered["jobs"], pvcs["loganalyzer-data"]
+    jobs, data = rendered["jobs"], pvcs["data"]
     logs = data / "logs"
     logs.mkdir(exist_ok=True)
     shutil.copy(ROOT / "data" / "loghub" / "OpenSSH" / "OpenSSH_2k.log", logs)
-    shutil.copytree(tiny_env["model"], pvcs["loganalyzer-models"] / "base", dirs_exist_ok=True)
-    for p in (data, pvcs["loganalyzer-models"]):
+    shutil.copytree(tiny_env["model"], pvcs["models"] / "base", dirs_exist_ok=True)
+    for p in (data, pvcs["models"]):
         shared_folder(p, UID)
     run_dir = data / "runs" / "default"  # RUN_DIR as job-defaults.yaml sets it: /data/runs/$(RUN_ID)
 
@@ -140,9 +156,9 @@ def test_chatbot_image_serves_its_page_as_its_deployment(rendered, pvcs, tmp_pat
     assert args[args.index("--port") + 1] == "8501"
     args = [str(port) if a == "8501" else a for a in args]  # host networking: a free port instead of the pod's
     with local_server(str(tiny_env["model"]), log_file=tmp_path / "serve.log") as url:
-        cmd = podman_run_args(pod, CHATBOT, claims=pvcs, data=config_maps(rendered["docs"]), scratch=tmp_path,
-                              env={"LOGANALYZER_ENDPOINT": url, "LOGANALYZER_MODEL": str(tiny_env["model"])},
-                              args=args, detach_as=name)
+        cmd = podman_run_args(pod, CHATBOT, claims=_claims(pod, pvcs), data=config_maps(rendered["docs"]),
+                              scratch=tmp_path, args=args, detach_as=name,
+                              env={"LOGANALYZER_ENDPOINT": url, "LOGANALYZER_MODEL": str(tiny_env["model"])})
         subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60)
         try:
             status, health = None, None

@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 from conftest import loghub_file
+from endpoint_helpers import BAD_ENDPOINTS, bad_endpoint
 
 from loganalyzer.chunk import ChunkConfig
 from loganalyzer.chunk import run as run_chunk
@@ -142,82 +143,21 @@ def test_tasks_flag_takes_commas_or_spaces():
         assert cfg.tasks == ["summarize", "root_cause"]
 
 
-class _Refusing:
-    """Loopback endpoints that fail before any answer: ``status`` (an HTTP error for every request) or, with
-    ``status=None``, a server that accepts connections and never answers."""
-
-    def __init__(self, status: int | None):
-        import socket
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        if status is None:
-            self._sock = socket.socket()
-            self._sock.bind(("127.0.0.1", 0))
-            self._sock.listen(16)  # the kernel completes the handshakes; nobody reads
-            self.port, self._server = self._sock.getsockname()[1], None
-            return
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's name)
-                body = json.dumps({"error": {"message": "Incorrect API key provided", "type": "invalid_request"}})
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body.encode())
-
-            do_POST = do_GET  # noqa: N815
-
-            def log_message(self, *args):
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def close(self):
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-        else:
-            self._sock.close()
-
-
-@pytest.mark.parametrize("cause", ["refused", "401", "403", "unknown_model", "stalled", "tls"])
+@pytest.mark.parametrize("cause", BAD_ENDPOINTS)
 def test_a_bad_endpoint_fails_in_seconds_with_its_cause_and_no_rejects(cause, tmp_path, chunks):
     """Before the first real request, synthesize lists the endpoint's models once, with no retries: each cause is
     reported as it happened (a refused connection is not a timeout), with the endpoint and the fix, in under 10 s,
     and nothing is written to the rejects file. (Before: 82 s of retries for 23 chunks, reported as timeouts.)"""
     from loganalyzer.config import ConfigError
-    from loganalyzer.serve import free_port
 
-    servers = {"refused": lambda: None, "401": lambda: _Refusing(401), "403": lambda: _Refusing(403),
-               "unknown_model": lambda: FakeOpenAI(model="llama-3.1-8b").__enter__(),
-               "stalled": lambda: _Refusing(None), "tls": lambda: _Refusing(401)}
-    expected = {"refused": "connection refused", "401": "HTTP 401, the key was refused",
-                "403": "HTTP 403, the key was refused", "unknown_model": "model gpt-4o-mini is not served there "
-                "(it lists: llama-3.1-8b)", "stalled": "no answer to GET /models within 5 s", "tls": "TLS error"}
-    srv = servers[cause]()
-    url = srv.base_url if srv else f"http://127.0.0.1:{free_port()}/v1"
-    if cause == "tls":  # https:// to a plain-HTTP server (it answers the TLS hello with an HTTP 400)
-        url = url.replace("http://", "https://")
     out = tmp_path / "synth"
-    t0 = time.monotonic()
-    try:
+    with bad_endpoint(cause) as url:
+        t0 = time.monotonic()
         with pytest.raises(ConfigError) as err:
             run(SynthesizeConfig(chunks=str(chunks), out=str(out), base_url=url, model="gpt-4o-mini"))
-    finally:
-        if isinstance(srv, FakeOpenAI):
-            srv.__exit__(None, None, None)
-        elif srv:
-            srv.close()
-    assert time.monotonic() - t0 < 10
-    assert str(err.value).startswith(f"--base-url {url}: ") and expected[cause] in str(err.value), err.value
+        assert time.monotonic() - t0 < 10
+    assert str(err.value).startswith(f"--base-url {url}: ") and BAD_ENDPOINTS[cause] in str(err.value), err.value
+    assert cause != "unknown_model" or "model gpt-4o-mini is not served there" in str(err.value)
     assert "timeout" not in str(err.value).lower() or cause == "stalled"
     rejects = out / "rejects.jsonl"
     assert not rejects.exists() or rejects.read_text() == ""

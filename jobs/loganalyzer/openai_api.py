@@ -81,7 +81,7 @@ def _connection_cause(exc: BaseException) -> tuple[str, str]:
         return "connection refused (nothing listens there)", "check the host and port, and that the server runs"
     if any(isinstance(e, socket.gaierror) for e in chain) or "Name or service not known" in text:
         return "unknown host (the name does not resolve)", "check the host name"
-    if any(isinstance(e, ssl.SSLError) for e in chain) or "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text:
+    if any(isinstance(e, ssl.SSLError) for e in chain) or "CERTIFICATE_VERIFY_FAILED" in text:
         return (f"TLS error ({chain[-1]})", "check http:// against https://, or give the CA bundle that signs its "
                 "certificate (SSL_CERT_FILE)")
     return f"connection failed ({chain[-1]})", "check the URL and the network path to it"

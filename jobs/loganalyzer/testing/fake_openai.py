@@ -51,7 +51,8 @@ def _reply_for(prompt: str) -> str:
 
 
 _JUDGED = "### Answer to grade\n"
-_REASONS = {200: "OK", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error"}
+_REASONS = {200: "OK", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests",
+            500: "Internal Server Error"}
 
 
 class FakeOpenAI:
@@ -62,11 +63,18 @@ class FakeOpenAI:
     Attributes: ``base_url`` (``http://127.0.0.1:<port>/v1``, on loopback whatever ``host`` is bound), ``requests``
     (count), ``attempts`` (per prompt key), ``times`` (per prompt key: arrival timestamps, to check backoff),
     ``max_in_flight``, ``bodies`` (every chat request body).
+
+    ``broken`` makes every request, ``GET /models`` included, fail the same way: ``"401"`` or ``"403"`` (a refused
+    key), or ``"stall"`` (read and never answered: a server that accepts connections but hangs). ``schedule``
+    instead injects faults into chat completions, per prompt.
     """
 
     def __init__(self, latency_s: float = 0.0, schedule: list[list[str]] | None = None,
                  timeout_sleep_s: float = 2.0, retry_after_ms: int = 50, model: str = "fake-teacher",
-                 port: int = 0, host: str = "127.0.0.1", also_serves: tuple[str, ...] = ()):
+                 port: int = 0, host: str = "127.0.0.1", also_serves: tuple[str, ...] = (), broken: str = ""):
+        if broken not in ("", "401", "403", "stall"):
+            raise ValueError(f"broken={broken!r}: expected '', '401', '403' or 'stall'")
+        self.broken = broken
         self.latency_s = latency_s
         self.schedule = schedule if schedule is not None else [[]]
         self.timeout_sleep_s = timeout_sleep_s
@@ -124,8 +132,14 @@ class FakeOpenAI:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            first = await reader.readexactly(1)
+            if first == b"\x16":  # a TLS ClientHello: answer it as any plain-HTTP server does
+                writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                await writer.drain()
+                return
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
+                head = first + await reader.readuntil(b"\r\n\r\n")
+                first = b""
                 lines = head.decode("latin-1").split("\r\n")
                 method, path, _ = lines[0].split(" ", 2)
                 headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
@@ -142,6 +156,11 @@ class FakeOpenAI:
             writer.close()
 
     async def _respond(self, method: str, path: str, body: bytes) -> tuple[int, bytes, dict[str, str]]:
+        if self.broken == "stall":
+            await asyncio.Event().wait()  # until __exit__ cancels it
+        if self.broken:
+            return int(self.broken), json.dumps({"error": {"message": "Incorrect API key provided",
+                                                           "type": "invalid_request_error"}}).encode(), {}
         if method == "GET":
             if path.rstrip("/").endswith("/models"):
                 return 200, json.dumps({"object": "list", "data": [

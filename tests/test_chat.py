@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import gzip
 import re
+import time
 
 import pytest
 from conftest import loghub_file
+from endpoint_helpers import BAD_ENDPOINTS, bad_endpoint
 
 from loganalyzer.chat import APP, Chat, ChatConfig, ChatError, TokenCounter, first_user_message, read_log, split_log
 from loganalyzer.prompts import load_prompts
@@ -131,10 +133,14 @@ def test_endpoint_down_then_retry_keeps_the_conversation(fake_endpoint):
 
     dead = f"http://127.0.0.1:{free_port()}/v1"
     at = _app(dead, model="fake-served")
+    # the page says so at once, before any question, with the cause
+    assert [e.value for e in at.error] == [f"The model endpoint does not answer: endpoint {dead}: connection refused "
+                                           "(nothing listens there); check the host and port, and that the server "
+                                           "runs. Fix it in the sidebar, or wait if it is still starting."]
     at.text_area(key="pasted").input(_chunk()).run()
     _button(at, "task-find_patterns").click().run()
     assert not at.exception
-    assert "cannot reach" in at.error[0].value and dead in at.error[0].value
+    assert f"cannot reach {dead}" in at.chat_message[1].error[0].value
     assert [m.name for m in at.chat_message] == ["user", "assistant"]  # the question stays on the page
     # the user fixes the endpoint in the sidebar and retries: same request, conversation kept
     at.text_input(key="endpoint").input(fake_endpoint.base_url).run()
@@ -142,6 +148,53 @@ def test_endpoint_down_then_retry_keeps_the_conversation(fake_endpoint):
     assert not at.error and fake_endpoint.bodies[-1]["messages"][0]["content"].startswith(
         load_prompts().question("find_patterns"))
     assert len(at.session_state["chat"].turns) == 1 and at.session_state["chat"].turns[0].reply
+
+
+@pytest.mark.parametrize("cause", BAD_ENDPOINTS)
+def test_chat_checks_its_endpoint_before_starting(cause, monkeypatch, capsys):
+    """`loganalyzer chat` lists the endpoint's models before Streamlit starts: each cause is reported with the
+    endpoint and the fix within 10 s, exit 2, and no server is started."""
+    from loganalyzer import chat
+    from loganalyzer.cli import entry
+
+    monkeypatch.setattr(chat.os, "execv", lambda *a: pytest.fail(f"Streamlit started: {a}"))
+    with bad_endpoint(cause) as url:
+        t0 = time.monotonic()
+        with pytest.raises(SystemExit) as exit_:
+            entry(chat.main, ["--endpoint", url, "--model", "loganalyzer"])
+        assert time.monotonic() - t0 < 10
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"error: --endpoint {url}: " in err and BAD_ENDPOINTS[cause] in err, err
+
+
+def test_chat_starts_on_a_good_endpoint_and_when_told_not_to_check(fake_endpoint, monkeypatch):
+    from loganalyzer import chat
+
+    started = []
+    monkeypatch.setattr(chat.os, "execv", lambda path, cmd: started.append(cmd))
+    chat.main(["--endpoint", fake_endpoint.base_url, "--model", "fake-served"])
+    with bad_endpoint("refused") as dead:
+        chat.main(["--endpoint", dead, "require_endpoint=false"])  # the Deployment: its model may still load
+    assert len(started) == 2 and started[1][started[1].index("--") + 1:].count(f"endpoint={dead}") == 1
+
+
+def test_the_page_reports_a_bad_endpoint_until_it_comes_up():
+    """The page checks the endpoint before the first question (a 401 names the key), and again on each rerun until
+    it answers: a model server that comes up on that port is seen without restarting the app."""
+    from loganalyzer.serve import free_port
+
+    with bad_endpoint("401") as url:
+        at = _app(url)
+        assert len(at.error) == 1 and "HTTP 401, the key was refused" in at.error[0].value
+    port = free_port()
+    at = _app(f"http://127.0.0.1:{port}/v1")
+    assert "connection refused" in at.error[0].value
+    with FakeOpenAI(model="fake-served", port=port) as srv:
+        _button(at, "check_endpoint").click().run()
+        assert not at.error and at.session_state["chat"].model() == "fake-served"
+        at.text_area(key="pasted").input(_chunk()).run()
+        _button(at, "task-summarize").click().run()
+        assert not at.error and srv.bodies[-1]["model"] == "fake-served"
 
 
 def test_http_errors_timeouts_and_an_endpoint_without_models():

@@ -189,6 +189,8 @@ def test_serving_component_matches_the_deploy_step(renderings):
     assert f"--model_name={env['LOGANALYZER_MODEL']}" in isvc["spec"]["predictor"]["model"]["args"]
     assert chatbot["image"].startswith("registry.example.com/loganalyzer/loganalyzer-chatbot:")
     assert env["LOGANALYZER_CHAT_REDACT"] == "auto" and ChatConfig.model_fields["redact"].default == "auto"
+    # the pod starts while the model loads (locally the default is to exit 2 at once)
+    assert ChatConfig(require_endpoint=env["LOGANALYZER_CHAT_REQUIRE_ENDPOINT"]).require_endpoint is False
     # the NetworkPolicy leaves the serving pods reachable from the ingress gateway / activator
     (policy,) = by_kind(docs, "NetworkPolicy").values()
     assert {"key": "app.kubernetes.io/component", "operator": "NotIn", "values": ["serving", "chatbot"]} in \
@@ -213,6 +215,7 @@ def test_chart_serving_matches_the_deploy_step_in_lora_mode(renderings):
     assert {"name": "LOGANALYZER_ENDPOINT", "value": "http://loganalyzer-chat-predictor.loganalyzer.svc.cluster."
             "local/openai/v1"} in chatbot["env"]
     assert {"name": "LOGANALYZER_CHAT_REDACT", "value": values["chatbot"].get("redact", "auto")} in chatbot["env"]
+    assert {"name": "LOGANALYZER_CHAT_REQUIRE_ENDPOINT", "value": "false"} in chatbot["env"]
 
 
 def _knative_rejects(pod: dict) -> list[str]:

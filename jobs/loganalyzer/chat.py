@@ -57,6 +57,9 @@ class ChatConfig(RedactionSettings):
                                            f"estimate {CHARS_PER_TOKEN} characters per token")
     max_log_mb: float = Field(20.0, gt=0, description="largest log accepted (MB, after decompression)")
     timeout_s: float = Field(120.0, gt=0, description="seconds per request before it counts as failed")
+    require_endpoint: bool = Field(True, description="check the endpoint (GET /models, 5 s, no retries) before "
+                                   "starting and exit 2 when it fails; false: start anyway, the page shows what is "
+                                   "wrong (the chatbot Deployment: its InferenceService may still be loading)")
 
 
 class ChatError(RuntimeError):
@@ -165,8 +168,9 @@ class Chat:
         from openai import OpenAI
 
         self.cfg = cfg
-        self.client = OpenAI(base_url=cfg.endpoint, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "none",
-                             timeout=cfg.timeout_s, max_retries=1)
+        self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or "none"
+        self.client = OpenAI(base_url=cfg.endpoint, api_key=self._api_key, timeout=cfg.timeout_s, max_retries=1)
+        self._endpoint_ok = False
         self.count = counter or TokenCounter(cfg.tokenizer)
         self.messages: list[dict] = []
         self.turns: list[Turn] = []
@@ -199,6 +203,24 @@ class Chat:
         return out
 
     # -- endpoint ---------------------------------------------------------------------------------------------
+    def endpoint_problem(self) -> str:
+        """What is wrong with the endpoint and how to fix it (``openai_api.check_endpoint``: refused, unknown host,
+        TLS, stalled, 401/403, the model not served), or "" when it answers. A success is kept for this connection;
+        a failure is checked again at the next call, so a model server that was still loading is seen coming up."""
+        if self._endpoint_ok:
+            return ""
+        from loganalyzer.config import ConfigError
+        from loganalyzer.openai_api import check_endpoint
+
+        try:
+            ids = check_endpoint(self.cfg.endpoint, [self.cfg.model] if self.cfg.model else [], "endpoint",
+                                 key=self._api_key)
+        except ConfigError as exc:
+            return exc.message
+        self._endpoint_ok = True
+        self._model = self._model or (ids[0] if ids else "")
+        return ""
+
     def model(self) -> str:
         """The configured model, else the first one the endpoint lists (ChatError when it lists none)."""
         if not self._model:
@@ -340,6 +362,11 @@ def main(argv: list[str] | None = None) -> None:
 
     setup_logging()
     cfg = parse_config(ChatConfig, "chat", argv)
+    if cfg.require_endpoint:
+        from loganalyzer.openai_api import check_endpoint
+
+        ids = check_endpoint(cfg.endpoint, [cfg.model] if cfg.model else [], "--endpoint")
+        log.info("%s answers; it serves %s", cfg.endpoint, ", ".join(ids[:5]) or "no model list")
     log.info("chatbot at http://%s:%d (endpoint %s, model %s)", cfg.host, cfg.port, cfg.endpoint,
              cfg.model or "the first one listed")
     # Streamlit replaces this process (same PID): a pod's SIGTERM, or `kill`, reaches the server itself, which stops

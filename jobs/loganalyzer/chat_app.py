@@ -56,6 +56,11 @@ with st.sidebar:
 
 st.title("loganalyzer")
 st.caption("Paste or upload a log, then ask: the log goes to the model after “Log content:”, as in training.")
+problem = chat.endpoint_problem()  # checked on every rerun until it answers
+if problem:
+    st.error(f"The model endpoint does not answer: {problem}. Fix it in the sidebar, or wait if it is still "
+             "starting.", icon=":material/cloud_off:")
+    st.button("Check again", key="check_endpoint")
 
 # -- the log ----------------------------------------------------------------------------------------------------
 if not chat.messages:  # the log can change until the first question is sent

@@ -88,9 +88,10 @@ def _connection_cause(exc: BaseException) -> tuple[str, str]:
 
 
 def check_endpoint(base_url: str, models: list[str] | tuple[str, ...] = (), flag: str = "--base-url",
-                   timeout_s: float = CHECK_TIMEOUT_S) -> list[str]:
+                   timeout_s: float = CHECK_TIMEOUT_S, key: str | None = None) -> list[str]:
     """Ask ``GET {base_url}/models`` once, with no retries, before any real request, so that a wrong endpoint
-    fails in seconds instead of after every chunk's retries. Returns the ids the endpoint lists.
+    fails in seconds instead of after every chunk's retries. Returns the ids the endpoint lists. ``key``: the API
+    key to send (None: that of ``api_key``).
 
     Raises ConfigError naming ``flag`` and the endpoint, the cause as it happened and the fix, for: a refused
     connection, an unknown host, a TLS error, no answer within ``timeout_s`` (a stalled server), HTTP 401/403 (the
@@ -112,7 +113,7 @@ def check_endpoint(base_url: str, models: list[str] | tuple[str, ...] = (), flag
     from loganalyzer.config import ConfigError
 
     where = f"{flag} {base_url}"
-    client = OpenAI(base_url=base_url, api_key=api_key(base_url, flag), timeout=timeout_s, max_retries=0)
+    client = OpenAI(base_url=base_url, api_key=key or api_key(base_url, flag), timeout=timeout_s, max_retries=0)
     try:
         ids = [m.id for m in client.models.list()]
     except APITimeoutError:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 
 COMMANDS = {
     "chunk": ("loganalyzer.chunk", "chunk raw logs into 50-150-line samples"),
@@ -31,16 +35,73 @@ def usage() -> str:
     return f"usage: loganalyzer <command> [args]   (loganalyzer <command> --help)\n\ncommands:\n{rows}\n"
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# How long the children of a stopped command get between SIGTERM and SIGKILL, in seconds: well inside the pods'
+# terminationGracePeriodSeconds (30 s by default).
+CHILD_STOP_GRACE_S = 5.0
+
+
+def stop_descendants(grace_s: float = CHILD_STOP_GRACE_S) -> tuple[int, int]:
+    """SIGTERM every descendant of this process (children and theirs, found by psutil before any is signalled, so
+    that orphaned grandchildren are not missed), SIGKILL those still alive ``grace_s`` seconds later, and reap them.
+    Returns (descendants stopped, of which killed)."""
+    import psutil
+
+    family = psutil.Process().children(recursive=True)
+    for proc in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(family, timeout=grace_s)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
+    return len(family), len(alive)
+
+
+@contextlib.contextmanager
+def stop_cleanly_on_signals(grace_s: float = CHILD_STOP_GRACE_S) -> Iterator[None]:
+    """While the block runs, SIGTERM (a pod's stop, ``kill``) and SIGINT (Ctrl-C, ``kill -INT``) stop every
+    descendant (:func:`stop_descendants`) and then exit with 128 + the signal number (143, 130), the status a shell
+    gives a process ended by that signal; a second signal during the stop ends the process at once.
+
+    Why: Python as a container's PID 1 ignores SIGTERM unless it handles it (the kernel drops signals whose action
+    is the default for a namespace's init), so a pod stop waited the whole grace period for SIGKILL; and children
+    (kfp's local-runner tasks, data-loader workers) outlived a stopped command, or, on SIGINT, the command waited
+    for them. Installed from the main thread only (elsewhere a no-op); the previous handlers come back on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        stopped, killed = stop_descendants(grace_s)
+        logging.getLogger("loganalyzer").warning(
+            "%s: stopped %d child process(es)%s; exiting with %d", signal.Signals(signum).name, stopped,
+            f", {killed} killed after {grace_s:g} s" if killed else "", 128 + signum)
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def entry(stage_main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
-    """Run a stage's ``main`` as a command: a ConfigError becomes ``error: <message>`` on stderr and exit code 2
-    (``python -m loganalyzer.<stage>`` and ``loganalyzer <stage>`` both come through here)."""
+    """Run a stage's ``main`` as a command: a ConfigError becomes ``error: <message>`` on stderr and exit code 2;
+    SIGTERM/SIGINT stop the command's children and exit 143/130 (:func:`stop_cleanly_on_signals`).
+    ``python -m loganalyzer.<stage>`` and ``loganalyzer <stage>`` both come through here."""
     from loganalyzer.config import EXIT_USAGE, ConfigError
 
-    try:
-        stage_main(argv)
-    except ConfigError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
+    with stop_cleanly_on_signals():
+        try:
+            stage_main(argv)
+        except ConfigError as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            raise SystemExit(EXIT_USAGE) from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,8 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
-    module = importlib.import_module(COMMANDS[command][0])
-    entry(module.main, rest)
+    with stop_cleanly_on_signals():  # already while the stage imports (torch: seconds)
+        module = importlib.import_module(COMMANDS[command][0])
+        entry(module.main, rest)
 
 
 if __name__ == "__main__":

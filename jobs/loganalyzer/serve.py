@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from loganalyzer.cli import STOP_SIGNALS
 from loganalyzer.config import ConfigError, StageConfig, parse_config
 
 log = logging.getLogger("loganalyzer.serve")
@@ -94,6 +96,15 @@ def local_server(model: str, port: int | None = None, startup_timeout_s: float =
             proc.kill()
 
 
+def exit_at_once(signum: int, _frame) -> None:
+    """Exit 128 + ``signum`` without the interpreter's shutdown (threads still running are not waited for)."""
+    log.info("stopped by %s", signal.Signals(signum).name)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
     from loganalyzer.logs import setup_logging
 
@@ -114,10 +125,12 @@ def main(argv: list[str] | None = None) -> None:
     ModelManager.get_gen_models = staticmethod(lambda cache_dir=None: [served, *cached(cache_dir)])
 
     log.info("serving %s at http://%s:%d/v1", cfg.model, cfg.host, cfg.port)
-    # uvicorn stops on SIGTERM/SIGINT, then raises the signal again with the handler it found: the default one
-    # ends the process by that signal (130/143 in a shell). Python's own SIGINT handler would turn it into
-    # KeyboardInterrupt, which the CLI reports as "Aborted!" and exit 1.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # uvicorn stops on SIGTERM/SIGINT, then raises the signal again with the handler it found: this one. Generations
+    # cancelled by the shutdown bound below still run in their threads, inside torch, and an interpreter exit under
+    # them aborts (SIGABRT, "terminate called without an active exception"): end the process at once, with the
+    # status a shell gives that signal (143/130). Python's own SIGINT handler would give "Aborted!" and exit 1.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, exit_at_once)
     # transformers serve builds uvicorn's Config without a graceful-shutdown bound, so a stop waited for every
     # generation in flight, abandoned ones included (over a minute seen here): bound it.
     import uvicorn

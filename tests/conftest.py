@@ -16,6 +16,17 @@ LOGHUB = SHARED / "loghub"
 BUNDLED = ROOT / "data" / "loghub"
 
 
+def running_cmdline(proc) -> str:
+    """The command line of ``proc`` (a psutil.Process or a pid) while it runs; '' once it is gone or a zombie."""
+    import psutil
+
+    try:
+        proc = proc if isinstance(proc, psutil.Process) else psutil.Process(proc)
+        return "" if proc.status() == psutil.STATUS_ZOMBIE else " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def loghub_file(system: str) -> Path:
     """A real Loghub 2k sample: the copy bundled in data/ first, else ../shared/data; skip if neither."""
     for base in (BUNDLED, LOGHUB):
@@ -166,11 +177,8 @@ def pytest_sessionfinish(session, exitstatus):
 
     left = []
     for p in psutil.Process().children(recursive=True):
-        try:
-            cmd = "" if p.status() == psutil.STATUS_ZOMBIE else " ".join(p.cmdline())
-        except psutil.Error:
-            continue
-        if any(name in cmd for name in SERVER_PROCESSES):
+        cmd = running_cmdline(p)
+        if cmd and any(name in cmd for name in SERVER_PROCESSES):
             left.append(f"pid {p.pid}: {cmd[:160]}")
             p.kill()
     if left:

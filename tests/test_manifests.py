@@ -69,6 +69,24 @@ def test_schemas_and_security(renderings, name):
     assert [p for d in docs for p in security_problems(d)] == []
 
 
+# Each server's measured stop, SIGTERM to gone, in seconds: the chatbot image (test_image_runs: under 8 s), the
+# MLflow server (test_tracking's fixture: under 10 s) and the predictor (KServe's runtime, not ours: unmeasured, so
+# the bound is a reply of 1,000 tokens at 25 tokens/s finishing). A grace period must exceed it, or a rollout
+# SIGKILLs a server still stopping.
+STOP_BOUNDS_S = {"chatbot": 8, "tracking": 10, "serving": 40}
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_every_server_gets_a_grace_period_above_its_stop_time(renderings, name):
+    servers = [d for d in renderings[name] if d["kind"] in ("Deployment", "InferenceService")]
+    assert servers, name  # MLflow at least
+    for doc in servers:
+        (pod,) = pod_specs(doc)
+        component = doc["metadata"]["labels"]["app.kubernetes.io/component"]
+        grace = pod.get("terminationGracePeriodSeconds")
+        assert grace is not None and STOP_BOUNDS_S[component] < grace <= 120, (doc["metadata"]["name"], grace)
+
+
 def test_batch_pods_stay_out_of_an_istio_mesh(renderings):
     """Multi-user Kubeflow injects Istio sidecars in profile namespaces, and a sidecar outlives the main container,
     so a Job's or a PyTorchJob replica's pod would never complete: every run-to-completion pod opts out."""
@@ -227,6 +245,8 @@ def _knative_rejects(pod: dict) -> list[str]:
     out = [f"pod securityContext.{k}" for k in pod.get("securityContext") or {}]
     # kubernetes.podspec-nodeselector, -tolerations, -affinity: Disabled by default (features.go)
     out += [f"pod {k}" for k in ("nodeSelector", "tolerations", "affinity") if pod.get(k)]
+    # PodSpecMask never allows it: a revision's pods get its timeoutSeconds as their grace period
+    out += ["pod terminationGracePeriodSeconds"] if "terminationGracePeriodSeconds" in pod else []
     allowed = {"capabilities", "readOnlyRootFilesystem", "runAsUser", "runAsGroup", "runAsNonRoot",
                "allowPrivilegeEscalation", "seccompProfile", "privileged"}
     for c in pod["containers"]:
@@ -248,7 +268,8 @@ def test_knative_mode_sets_only_what_knative_accepts(renderings):
         return to_dict(inference_service(DeployConfig(name="c", storage_uri="pvc://m/x", deployment_mode=mode)))
 
     standard, knative = isvc("Standard"), isvc("Knative")
-    assert _knative_rejects(pod_specs(standard)[0]), "the rule must catch a pod-level security context"
+    assert {"pod securityContext.runAsUser", "pod terminationGracePeriodSeconds"} <= set(
+        _knative_rejects(pod_specs(standard)[0])), "the rule must catch what Knative refuses"
     assert _knative_rejects(pod_specs(knative)[0]) == []
     assert knative["metadata"]["annotations"] == {"serving.kserve.io/deploymentMode": "Knative"}
     assert knative["spec"]["predictor"]["scaleMetric"] == "concurrency"

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, loghub_file
+from conftest import ROOT, loghub_file, running_cmdline
 
 from loganalyzer.serve import free_port, local_server, wait_healthy
 
@@ -172,17 +172,6 @@ def test_browser_summarize_with_a_trained_real_model(tmp_path, request):
     assert len(words) >= 12 and "log" in reply.lower(), reply
 
 
-def _running_cmdline(pid: int) -> str:
-    """The command line of a running process, '' when it is gone or a zombie."""
-    import psutil
-
-    try:
-        p = psutil.Process(pid)
-        return "" if p.status() == psutil.STATUS_ZOMBIE else " ".join(p.cmdline())
-    except psutil.Error:
-        return ""
-
-
 def _stops_on(sig: int, cmd: list[str], health: str, port: int, log: Path,
               busy=None) -> tuple[int | None, list[str], bool]:
     """Start ``cmd``, wait for ``health``, call ``busy()`` (load it), send ``sig``: (exit status or None, its
@@ -205,7 +194,7 @@ def _stops_on(sig: int, cmd: list[str], health: str, port: int, log: Path,
         except subprocess.TimeoutExpired:
             code = None
         time.sleep(0.5)
-        alive = [c for c in map(_running_cmdline, family) if c]
+        alive = [c for c in map(running_cmdline, family) if c]
         with socket.socket() as s:
             open_ = s.connect_ex(("127.0.0.1", port)) == 0
         return code, alive, open_
@@ -214,7 +203,7 @@ def _stops_on(sig: int, cmd: list[str], health: str, port: int, log: Path,
             proc.kill()
             proc.wait()
         for p in psutil.Process().children(recursive=True):
-            if p.pid != proc.pid and "streamlit" in _running_cmdline(p.pid):
+            if p.pid != proc.pid and "streamlit" in running_cmdline(p.pid):
                 p.kill()  # what this test found; a failure above reports it
 
 

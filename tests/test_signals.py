@@ -12,6 +12,7 @@ import time
 
 import psutil
 import pytest
+from conftest import running_cmdline
 
 from loganalyzer.cli import CHILD_STOP_GRACE_S, entry
 
@@ -35,14 +36,7 @@ entry(main)
 
 def alive(procs: list[psutil.Process]) -> list[str]:
     """The command lines of ``procs`` still running (a zombie counts as gone)."""
-    running = []
-    for p in procs:
-        try:
-            if p.status() != psutil.STATUS_ZOMBIE:
-                running.append(" ".join(p.cmdline()))
-        except psutil.Error:
-            pass
-    return running
+    return [cmd for cmd in map(running_cmdline, procs) if cmd]
 
 
 def family_of(pid: int, size: int, timeout: float = 30) -> list[psutil.Process]:

@@ -7,7 +7,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import loghub_file
+from conftest import loghub_file, running_cmdline
 
 from loganalyzer import tracking
 from loganalyzer.chunk import ChunkConfig
@@ -38,8 +38,18 @@ def mlflow_server(tmp_path_factory):
     else:
         pytest.fail("mlflow server did not start")
     yield url
+    # As a pod stop: SIGTERM, and the server with its workers must be gone well inside the Deployment's grace
+    # period (test_manifests' STOP_BOUNDS_S)
+    import psutil
+
+    family = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
+    t0 = time.monotonic()
     proc.terminate()
     proc.wait(timeout=30)
+    took = time.monotonic() - t0
+    time.sleep(0.5)
+    left = [cmd for cmd in map(running_cmdline, family) if cmd]
+    assert took < 10 and not left, (took, left)
 
 
 def test_parent_and_nested_stage_runs_on_a_real_server(mlflow_server, monkeypatch, tmp_path):

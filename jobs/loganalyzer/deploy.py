@@ -84,6 +84,10 @@ class DeployConfig(StageConfig):
                                         description="predictor ServiceAccount (S3 credentials for s3:// URIs)")
     node_selector: dict[str, str] = Field(default={}, description="predictor nodeSelector")
     tolerations: list[dict] = Field(default=[], description="predictor tolerations")
+    termination_grace_s: int = Field(
+        default=60, ge=1, description="Standard mode: seconds a stopping predictor pod gets to finish the replies in "
+                                      "flight before SIGKILL (Knative refuses the field: its grace is the revision "
+                                      "timeout)")
     timeout_s: int = Field(default=1800, gt=0, description="fail when not Ready after this many seconds")
     poll_s: float = Field(default=10, gt=0, description="seconds between readiness checks")
 
@@ -157,6 +161,7 @@ def inference_service(cfg: DeployConfig):
         model=model, min_replicas=cfg.min_replicas, max_replicas=cfg.max_replicas, volumes=volumes,
         service_account_name=cfg.service_account,
         security_context=None if knative else kube.pod_security_context(),
+        termination_grace_period_seconds=None if knative else cfg.termination_grace_s,
         node_selector=cfg.node_selector or None, tolerations=kube.tolerations(cfg.tolerations) or None, **scaling)
     # Standard: a fixed replica count, so no HPA (autoscalerClass none) rather than one scaling GPUs on CPU load
     annotations = {DEPLOYMENT_MODE: cfg.deployment_mode, **({} if knative else {AUTOSCALER_CLASS: "none"})}
